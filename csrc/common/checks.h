@@ -1,0 +1,71 @@
+// Argument checks shared by the CPU and CUDA implementations. The Python wrappers in
+// skelmae_ext/ops.py give the user-facing errors; these guard direct torch.ops calls.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace skelmae {
+
+inline void check_graph_conv_args(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                                  const at::Tensor& token, const at::Tensor& adjacency,
+                                  const at::Tensor& eps) {
+  TORCH_CHECK(x.dim() == 3, "masked_graph_conv: x must be [G, V, C], got shape ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), "masked_graph_conv: x must be floating point, got ",
+              x.scalar_type());
+  const int64_t graphs = x.size(0), joints = x.size(1), channels = x.size(2);
+  TORCH_CHECK(adjacency.dim() == 2 && adjacency.size(0) == joints && adjacency.size(1) == joints,
+              "masked_graph_conv: adjacency must be [", joints, ", ", joints, "], got shape ",
+              adjacency.sizes());
+  TORCH_CHECK(token.dim() == 1 && token.size(0) == channels,
+              "masked_graph_conv: token must be [", channels, "], got shape ", token.sizes());
+  TORCH_CHECK(token.scalar_type() == x.scalar_type(), "masked_graph_conv: token dtype ",
+              token.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(eps.numel() == 1 && eps.is_floating_point(),
+              "masked_graph_conv: eps must be a floating-point scalar tensor, got shape ",
+              eps.sizes(), " and dtype ", eps.scalar_type());
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool, "masked_graph_conv: mask must be bool, got ",
+                mask->scalar_type());
+    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == graphs && mask->size(1) == joints,
+                "masked_graph_conv: mask must be [", graphs, ", ", joints, "], got shape ",
+                mask->sizes());
+  }
+}
+
+inline void check_cosine_loss_args(const at::Tensor& pred, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& mask, double beta) {
+  TORCH_CHECK(pred.dim() == 2, "cosine_reconstruction_loss: pred must be [R, C], got shape ",
+              pred.sizes());
+  TORCH_CHECK(pred.is_floating_point(),
+              "cosine_reconstruction_loss: pred must be floating point, got ", pred.scalar_type());
+  TORCH_CHECK(target.sizes() == pred.sizes() && target.scalar_type() == pred.scalar_type(),
+              "cosine_reconstruction_loss: target must match pred (", pred.sizes(), ", ",
+              pred.scalar_type(), "), got ", target.sizes(), ", ", target.scalar_type());
+  TORCH_CHECK(beta > 0, "cosine_reconstruction_loss: beta must be > 0, got ", beta);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 1 &&
+                    mask->size(0) == pred.size(0),
+                "cosine_reconstruction_loss: mask must be bool [", pred.size(0), "], got ",
+                mask->scalar_type(), " ", mask->sizes());
+  }
+}
+
+enum class Reduction { kNone, kMean, kSum };
+
+inline Reduction parse_reduction(c10::string_view reduction) {
+  if (reduction == "none") return Reduction::kNone;
+  if (reduction == "mean") return Reduction::kMean;
+  TORCH_CHECK(reduction == "sum",
+              "cosine_reconstruction_loss: reduction must be 'mean', 'sum' or 'none', got '",
+              std::string(reduction), "'");
+  return Reduction::kSum;
+}
+
+// Scalar type in which the kernels accumulate (and hold the adjacency) for inputs of `dtype`.
+inline at::ScalarType accumulate_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace skelmae

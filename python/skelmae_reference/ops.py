@@ -1,0 +1,47 @@
+"""The two SkeletonMAE hot spots in plain PyTorch (autograd gives the gradients)."""
+
+import torch
+import torch.nn.functional as F
+
+NORM_EPS = 1e-12
+
+
+def masked_graph_conv(x, mask, token, adjacency, eps=0.0):
+    """Mask-token substitution then GIN aggregation over each skeleton graph.
+
+        x~[g, v] = token if mask[g, v] else x[g, v]
+        y[g, v]  = (1 + eps) * x~[g, v] + sum_u A[v, u] * x~[g, u]
+
+    x: [G, V, C]; mask: [G, V] bool or None; token: [C]; adjacency: [V, V] (0/1 or bool);
+    eps: float or 0-d tensor.
+    """
+    if mask is not None:
+        x = torch.where(mask.unsqueeze(-1), token.to(x.dtype), x)
+    adjacency = adjacency.to(x.dtype)
+    neighbours = torch.einsum("vu,guc->gvc", adjacency, x)
+    return (1 + eps) * x + neighbours
+
+
+def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mean"):
+    """GraphMAE's scaled cosine error (SCE), the paper's re-weighted cosine loss.
+
+        l_r  = (1 - <pred_r, target_r> / (max(|pred_r|, 1e-12) * max(|target_r|, 1e-12)))^beta
+        mean = sum_r mask_r * l_r / max(sum_r mask_r, 1)
+
+    pred, target: [..., C]; mask: bool over the leading dims, or None (every row counts).
+    reduction: "mean" (over masked rows), "sum", or "none" (mask_r * l_r per row).
+    """
+    pred_unit = F.normalize(pred, p=2.0, dim=-1, eps=NORM_EPS)
+    target_unit = F.normalize(target, p=2.0, dim=-1, eps=NORM_EPS)
+    cosine = (pred_unit * target_unit).sum(dim=-1)
+    # The clamp only removes rounding below zero (|cos| <= 1), which pow would turn into NaN.
+    per_row = (1 - cosine).clamp_min(0).pow(beta)
+    if mask is None:
+        mask = torch.ones(per_row.shape, dtype=torch.bool, device=per_row.device)
+    per_row = torch.where(mask, per_row, torch.zeros_like(per_row))
+    if reduction == "none":
+        return per_row
+    total = per_row.sum()
+    if reduction == "sum":
+        return total
+    return total / mask.sum().clamp_min(1)
