@@ -21,13 +21,18 @@ DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def _nvcc_cuda_home():
-    """CUDA_HOME from the environment, else from the real path of nvcc (a symlink in
-    /usr/local/bin would otherwise make torch guess /usr/local)."""
+    """CUDA_HOME from the environment, else the toolkit around nvcc. nvcc on PATH may be a
+    wrapper script or symlink (/usr/local/bin/nvcc), from which torch would guess /usr/local."""
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
-    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    if os.path.exists(nvcc):
-        return str(Path(os.path.realpath(nvcc)).parent.parent)
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(os.path.realpath(nvcc)).parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return str(home)
     return None
 
 

@@ -276,6 +276,8 @@ def _loss_backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
     # The forward wrote d(loss)/d(input) for grad_output = 1 into fresh buffers; the backward
     # op scales them by grad_output read as a tensor (no host sync, saved buffers untouched).
     needed = ctx.needs_input_grad[:2]
+    if grad_loss is None:  # grads are not materialised (see _loss_setup_context)
+        return None, None, None, None, None, None
     for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask):
         if need and not computed:
             raise RuntimeError(

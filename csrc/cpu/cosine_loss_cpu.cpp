@@ -50,11 +50,6 @@ Acc cosine_row(const T* pred, const T* target, int64_t channels, Acc beta, Acc w
   return terms.loss;
 }
 
-template <typename T>
-void zero_row(T* row, int64_t channels) {
-  if (row != nullptr) std::fill(row, row + channels, T(0));
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
     const at::Tensor& pred_in, const at::Tensor& target_in, const std::optional<at::Tensor>& mask_in,
     double beta, c10::string_view reduction_name, std::array<bool, 2> output_mask) {
@@ -93,14 +88,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
           const int64_t offset = r * channels;
           scalar_t* row_grad_pred = grad_pred_data ? grad_pred_data + offset : nullptr;
           scalar_t* row_grad_target = grad_target_data ? grad_target_data + offset : nullptr;
-          Acc row_loss = Acc(0);
-          if (mask_ptr == nullptr || mask_ptr[r]) {
-            row_loss = cosine_row(pred_data + offset, target_data + offset, channels, beta_acc,
-                                  row_weight, row_grad_pred, row_grad_target);
-          } else {
-            zero_row(row_grad_pred, channels);
-            zero_row(row_grad_target, channels);
-          }
+          // Every row is computed (sequential reads beat skipping the masked-out ones); those
+          // get zero weight, so their gradient is 0 * derivative, as in the reference path.
+          const bool counted_row = mask_ptr == nullptr || mask_ptr[r];
+          const Acc loss_r = cosine_row(pred_data + offset, target_data + offset, channels,
+                                        beta_acc, counted_row ? row_weight : Acc(0),
+                                        row_grad_pred, row_grad_target);
+          const Acc row_loss = counted_row ? loss_r : Acc(0);
           if (loss_rows != nullptr) loss_rows[r] = static_cast<scalar_t>(row_loss);
           partial += row_loss;
         }

@@ -1,0 +1,184 @@
+"""cosine_reconstruction_loss on every compiled backend against the reference path and hand values."""
+
+import math
+
+import pytest
+import torch
+
+from skelmae_ext import ops
+
+from conftest import DEVICE_BACKENDS, TOLERANCES, seeded
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def make_inputs(shape, mask_kind, device, dtype=torch.float32, seed=0, target_grad=True):
+    generator = seeded(seed)
+    pred = torch.randn(shape, generator=generator, dtype=torch.float64)
+    target = torch.randn(shape, generator=generator, dtype=torch.float64)
+    leading = shape[:-1]
+    mask = {
+        "none": None,
+        "empty": torch.zeros(leading, dtype=torch.bool),
+        "full": torch.ones(leading, dtype=torch.bool),
+        "partial": torch.rand(leading, generator=generator) < 0.3,
+    }[mask_kind]
+    grad_output = torch.randn(leading, generator=generator, dtype=torch.float64)
+    pred = pred.to(device, dtype).requires_grad_()
+    target = target.to(device, dtype).requires_grad_(target_grad)
+    return pred, target, None if mask is None else mask.to(device), grad_output.to(device, dtype)
+
+
+def run(inputs, backend, beta=2.0, reduction="mean", scale=1.7):
+    """Loss and the gradients of pred (and target when it requires grad); grad_output is
+    `scale` for reduced losses and a random tensor for reduction="none"."""
+    pred, target, mask, grad_output = inputs
+    loss = ops.cosine_reconstruction_loss(pred, target, mask, beta, reduction, backend=backend)
+    upstream = grad_output if reduction == "none" else torch.full_like(loss, scale)
+    wrt = [t for t in (pred, target) if t.requires_grad]
+    return [loss] + list(torch.autograd.grad(loss, wrt, upstream))
+
+
+def run_exact(inputs, **kwargs):
+    """The reference path in float64 on the same inputs: the ground truth."""
+    pred, target, mask, grad_output = inputs
+    wide = [t.detach().double().requires_grad_(t.requires_grad) for t in (pred, target)]
+    return run((*wide, mask, grad_output.double()), "reference", **kwargs)
+
+
+def assert_all_close(actual, expected, dtype=torch.float32):
+    rtol, atol = TOLERANCES[dtype]
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e.to(a.dtype), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 2), (37, 3), (300, 64), (2, 50, 128), (4, 5, 6, 64)])
+@pytest.mark.parametrize("mask_kind", ["none", "empty", "full", "partial"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("beta", [1.0, 2.0, 3.0])
+def test_matches_reference(device, backend, shape, mask_kind, reduction, beta):
+    inputs = make_inputs(shape, mask_kind, device)
+    kwargs = dict(beta=beta, reduction=reduction)
+    assert_all_close(run(inputs, backend, **kwargs), run_exact(inputs, **kwargs))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_many_rows(device, backend):
+    inputs = make_inputs((20_000, 64), "partial", device)
+    assert_all_close(run(inputs, backend), run_exact(inputs))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_hand_computed(device, backend):
+    # Rows: orthogonal (cos 0, l = 1), opposite (cos -1, l = 4), 45 degrees
+    # (l = (1 - 1/sqrt(2))^2), and one masked out; mean over the three masked rows.
+    pred = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [5.0, 5.0]], device=device)
+    target = torch.tensor([[0.0, 1.0], [-2.0, 0.0], [3.0, 0.0], [1.0, -1.0]], device=device)
+    mask = torch.tensor([True, True, True, False], device=device)
+    pred.requires_grad_()
+    loss = ops.cosine_reconstruction_loss(pred, target, mask, 2.0, backend=backend)
+    expected = (1 + 4 + (1 - 1 / math.sqrt(2)) ** 2) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # Row 0: dl/dc = -2 (1 - 0) = -2, dc/dp = t^ - c p^ = [0, 1] -> grad = [0, -2] / 3.
+    torch.testing.assert_close(pred.grad[0].cpu(), torch.tensor([0.0, -2.0 / 3]))
+    # Row 1 is at the maximum of l (cos = -1): zero gradient. Row 3 is masked out.
+    torch.testing.assert_close(pred.grad[1].cpu(), torch.zeros(2))
+    torch.testing.assert_close(pred.grad[3].cpu(), torch.zeros(2))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_zero_norm_rows(device, backend, reduction):
+    pred, target, mask, grad_output = make_inputs((40, 8), "full", device)
+    with torch.no_grad():
+        pred[3].zero_()
+        target[7].zero_()
+        pred[11].zero_()
+        target[11].zero_()
+    inputs = (pred, target, mask, grad_output)
+    assert_all_close(run(inputs, backend, reduction=reduction), run_exact(inputs, reduction=reduction))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("beta", [1.0, 2.0, 2.5])
+def test_gradcheck_float64(device, backend, reduction, beta):
+    pred, target, mask, _ = make_inputs((6, 5), "partial", device, torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda p, t: ops.cosine_reconstruction_loss(p, t, mask, beta, reduction, backend=backend),
+        (pred, target),
+    )
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_target_without_grad(device, backend):
+    inputs = make_inputs((50, 16), "partial", device, target_grad=False)
+    result = run(inputs, backend)
+    assert len(result) == 2 and inputs[1].grad is None
+    assert_all_close(result, run_exact(inputs))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_input_saved_by_upstream_op(device, backend):
+    # exp saves its output for its own backward: a kernel that wrote a gradient into its input
+    # buffer would corrupt the gradient reaching `raw`.
+    generator = seeded(5)
+    raw = torch.randn(64, 16, generator=generator).to(device).requires_grad_()
+    target = torch.randn(64, 16, generator=generator).to(device)
+    grads = []
+    for chosen in (backend, "reference"):
+        loss = ops.cosine_reconstruction_loss(raw.exp(), target, backend=chosen)
+        grads.append(torch.autograd.grad(loss * 3.0, raw)[0])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_empty_mask_gives_zero_loss_and_gradients(device, backend):
+    pred, target, mask, _ = make_inputs((10, 4), "empty", device)
+    loss = ops.cosine_reconstruction_loss(pred, target, mask, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(pred.grad) == 0 and torch.count_nonzero(target.grad) == 0
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_non_contiguous_inputs(device, backend):
+    generator = seeded(9)
+    pred = torch.randn(32, 20, 3, generator=generator).to(device).transpose(0, 1).requires_grad_()
+    target = torch.randn(3, 20, 32, generator=generator).to(device).permute(1, 2, 0)
+    mask = (torch.rand(32, 20, generator=generator) < 0.5).to(device).t()
+    grad_output = torch.randn(20, 32, generator=generator).to(device)
+    inputs = (pred, target, mask, grad_output)
+    for reduction in REDUCTIONS:
+        assert_all_close(run(inputs, backend, reduction=reduction), run_exact(inputs, reduction=reduction))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_retain_graph_backward_twice(device, backend):
+    pred, target, mask, _ = make_inputs((30, 8), "partial", device)
+    loss = ops.cosine_reconstruction_loss(pred, target, mask, backend=backend)
+    first = torch.autograd.grad(loss, pred, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, pred)[0]
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_bitwise_deterministic(device, backend):
+    inputs = make_inputs((50_000, 64), "partial", device)
+    first, second = run(inputs, backend), run(inputs, backend)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_within_twice_reference(device, backend, dtype):
+    exact = run_exact(make_inputs((256, 64), "partial", device, torch.float64))
+    low = make_inputs((256, 64), "partial", device, dtype)
+    for o, t, e in zip(run(low, backend), run(low, "reference"), exact):
+        ours_error = (o.double() - e).abs().max()
+        reference_error = (t.double() - e).abs().max()
+        assert ours_error <= 2 * reference_error + 1e-3 * e.abs().max()

@@ -1,0 +1,175 @@
+"""The op registry: registration, opcheck, backend choice, extension loading and fallback."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+import torch
+
+from skelmae_ext import _extension, ops
+
+from conftest import DEVICE_BACKENDS, DEVICES
+from skeletons import adjacency
+
+OP_NAMES = [
+    "masked_graph_conv",
+    "masked_graph_conv_backward",
+    "cosine_reconstruction_loss",
+    "cosine_reconstruction_loss_backward",
+]
+
+
+def test_compiled_kernels_are_loaded():
+    if os.environ.get(_extension.DISABLE_ENV):
+        pytest.skip(f"{_extension.DISABLE_ENV} is set")
+    assert ops.EXTENSION.loaded, (
+        f"{ops.EXTENSION.reason} (run the tests from an installed build, e.g. `pytest tests/`, "
+        "not `python -m pytest`, which imports the unbuilt source tree)"
+    )
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_op_has_a_cpu_kernel(name):
+    assert hasattr(torch.ops.skelmae_ext, name)
+    assert _extension.has_kernel(name, "CPU")
+
+
+def _graph_conv_samples(device):
+    generator = torch.Generator().manual_seed(0)
+    for requires_grad in (False, True):
+        for mask in (None, torch.rand(6, 17, generator=generator) < 0.5):
+            x = torch.randn(6, 17, 5, generator=generator).to(device).requires_grad_(requires_grad)
+            token = torch.randn(5, generator=generator).to(device).requires_grad_(requires_grad)
+            eps = torch.tensor(0.2, device=device).requires_grad_(requires_grad)
+            mask = None if mask is None else mask.to(device)
+            yield (x, mask, token, adjacency(17).to(device), eps)
+
+
+def _loss_samples(device):
+    generator = torch.Generator().manual_seed(1)
+    for reduction in ("mean", "sum", "none"):
+        for needs in ([False, False], [True, False], [True, True]):
+            pred = torch.randn(12, 7, generator=generator).to(device).requires_grad_(needs[0])
+            target = torch.randn(12, 7, generator=generator).to(device).requires_grad_(needs[1])
+            mask = (torch.rand(12, generator=generator) < 0.5).to(device)
+            yield (pred, target, mask, 2.0, reduction, needs)
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_opcheck_graph_conv(device):
+    for args in _graph_conv_samples(device):
+        torch.library.opcheck(torch.ops.skelmae_ext.masked_graph_conv.default, args)
+        x, mask, token, adj, eps = (a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        backward_args = (torch.randn_like(x), x, mask, token, adj, eps, [True, True, True])
+        torch.library.opcheck(torch.ops.skelmae_ext.masked_graph_conv_backward.default, backward_args)
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_opcheck_loss(device):
+    for args in _loss_samples(device):
+        torch.library.opcheck(torch.ops.skelmae_ext.cosine_reconstruction_loss.default, args)
+        pred, target, _, _, reduction, needs = args
+        grad_output = torch.randn(12 if reduction == "none" else (), device=device)
+        backward_args = (grad_output, pred.detach(), target.detach(), needs)
+        torch.library.opcheck(torch.ops.skelmae_ext.cosine_reconstruction_loss_backward.default, backward_args)
+
+
+def test_auto_picks_the_compiled_cpu_kernels():
+    assert ops.resolve_backend("auto", torch.device("cpu")) == "cpu"
+
+
+def test_unknown_backend_is_a_value_error():
+    x = torch.randn(2, 17, 3)
+    with pytest.raises(ValueError, match=r"backend must be one of .* got 'fast'"):
+        ops.masked_graph_conv(x, None, torch.zeros(3), adjacency(17), backend="fast")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a GPU")
+def test_cuda_backend_without_gpu_says_why():
+    pred = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="backend='cuda' is not available: .*(CUDA|GPU)"):
+        ops.cosine_reconstruction_loss(pred, pred, backend="cuda")
+
+
+def test_triton_backend_says_why():
+    x = torch.randn(2, 17, 3)
+    with pytest.raises(RuntimeError, match="backend='triton' is not available: .*[Tt]riton"):
+        ops.masked_graph_conv(x, None, torch.zeros(3), adjacency(17), backend="triton")
+
+
+def test_cpu_backend_rejects_other_devices_by_name():
+    reason = ops._unavailable_reason("cpu", torch.device("meta"))
+    assert reason == "it runs on CPU tensors, got tensors on meta"
+
+
+def _fake_module(**attributes):
+    return types.SimpleNamespace(**attributes)
+
+
+def test_torch_mismatch_warns_and_falls_back():
+    info = _fake_module(TORCH_VERSION="1.0.0", WITH_CUDA=False)
+    with pytest.warns(RuntimeWarning, match="built against torch 1.0.0 but running torch 9.9.9"):
+        status = _extension.load_extension(lambda name: info, torch_version="9.9.9")
+    assert not status.loaded and "reinstall" in status.reason
+
+
+def test_broken_library_warns_and_falls_back():
+    info = _fake_module(TORCH_VERSION="9.9.9", WITH_CUDA=False)
+
+    def import_module(name):
+        if name.endswith("_build_info"):
+            return info
+        raise OSError("undefined symbol: _ZN3c10")
+
+    with pytest.warns(RuntimeWarning, match="failed to load: undefined symbol"):
+        status = _extension.load_extension(import_module, torch_version="9.9.9")
+    assert not status.loaded
+
+
+def test_unbuilt_package_warns_and_falls_back():
+    def import_module(name):
+        raise ImportError(name)
+
+    with pytest.warns(RuntimeWarning, match="was not built"):
+        assert not _extension.load_extension(import_module).loaded
+
+
+FALLBACK_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    warnings.simplefilter("error")  # deliberately disabled: no warning expected
+    import torch, skelmae_ext
+    assert not skelmae_ext.EXTENSION.loaded and skelmae_ext.available_backends() == ["reference"]
+    inputs = torch.load(sys.argv[1])
+    x, mask, token, adj, eps, pred, target = inputs
+    y = skelmae_ext.masked_graph_conv(x, mask, token, adj, eps)
+    loss = skelmae_ext.cosine_reconstruction_loss(y, target, mask)
+    grads = torch.autograd.grad(loss, [x, token, eps, target])
+    torch.save([y.detach(), loss.detach(), *grads], sys.argv[2])
+    """
+)
+
+
+@pytest.mark.skipif(not DEVICE_BACKENDS, reason="needs the compiled kernels to compare against")
+def test_disabled_extension_gives_the_same_results_through_the_fallback(tmp_path):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(50, 17, 3, generator=generator, requires_grad=True)
+    mask = torch.rand(50, 17, generator=generator) < 0.4
+    token = torch.randn(3, generator=generator, requires_grad=True)
+    eps = torch.tensor(0.1, requires_grad=True)
+    target = torch.randn(50, 17, 3, generator=generator, requires_grad=True)
+    torch.save([x, mask, token, adjacency(17), eps, None, target], tmp_path / "in.pt")
+    env = dict(os.environ, **{_extension.DISABLE_ENV: "1"})
+    subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT, tmp_path / "in.pt", tmp_path / "out.pt"],
+        env=env, check=True, cwd=tmp_path,
+    )
+    fallback = torch.load(tmp_path / "out.pt")
+    y = ops.masked_graph_conv(x, mask, token, adjacency(17), eps, backend="cpu")
+    loss = ops.cosine_reconstruction_loss(y, target, mask, backend="cpu")
+    ours = [y.detach(), loss.detach(), *torch.autograd.grad(loss, [x, token, eps, target])]
+    for a, b in zip(ours, fallback):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
