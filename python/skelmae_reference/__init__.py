@@ -1,9 +1,17 @@
-"""Reference PyTorch implementation of SkeletonMAE's ops (and, later, its models).
+"""Reference PyTorch implementation of SkeletonMAE: its two ops, its models and its layouts.
 
-Plain, readable PyTorch written next to DESIGN.md section 4. It imports nothing from
-skelmae_ext: it is the oracle of skelmae_ext's tests and the baseline of its benchmarks.
+Plain, readable PyTorch written next to DESIGN.md (sections 4 to 6). It imports nothing from
+skelmae_ext: it is the oracle of skelmae_ext's tests and the baseline of its benchmarks, and
+skelmae_ext's models are its drop-in, faster twins.
 """
 
+from .layouts import BUILTIN_LAYOUTS, PART_NAMES, Layout, get_layout, layout_from_dict
+from .models import GINEncoder, GINLayer, SkeletonEncoder, SkeletonMAE, SkeletonMAEOutput
 from .ops import cosine_reconstruction_loss, masked_graph_conv
+from .strl import STRL, SSLClassifier
 
-__all__ = ["cosine_reconstruction_loss", "masked_graph_conv"]
+__all__ = [
+    "BUILTIN_LAYOUTS", "PART_NAMES", "Layout", "get_layout", "layout_from_dict",
+    "GINEncoder", "GINLayer", "SkeletonEncoder", "SkeletonMAE", "SkeletonMAEOutput",
+    "cosine_reconstruction_loss", "masked_graph_conv", "STRL", "SSLClassifier",
+]

@@ -1,0 +1,207 @@
+"""SkeletonMAE pre-training model in plain PyTorch (DESIGN.md section 5, paper section 3.1).
+
+Every (sample, person, frame) is one graph of the layout's V joints. Joints are embedded
+(Linear C -> D); the joints of the masked body parts are replaced by one learnable mask token; a
+GIN encoder (3 GraphMAE encoding layers) runs over the skeleton graph; a bias-free Linear, a
+re-mask (masked rows set to zero) and a 1-layer GIN decoder reconstruct the masked joints'
+input features; the loss is the re-weighted cosine error over the masked joints of the graphs
+that are not padding.
+
+The two hot spots (the masked GIN aggregation and the loss) go through ``self.ops``: this
+package's plain functions here; ``skelmae_ext`` swaps in its fused kernels, which is all that
+makes ``skelmae_ext.SkeletonMAE`` a drop-in, faster twin (same arguments, same state_dict keys).
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import ops as reference_ops
+from .layouts import get_layout
+
+MASK_STRATEGIES = ("parts", "random_parts", "random_joints")
+TARGETS = ("input", "embedding")
+
+
+def reference_ops_for(backend):
+    """The ops object the models' hot spots call: this package's plain functions whatever the
+    backend (skelmae_ext's twins bind its fused kernels instead)."""
+    return reference_ops
+
+
+class GINLayer(nn.Module):
+    """GraphMAE's GIN layer: ``MLP((1 + eps) h + sum_{u in N(v)} h_u)``.
+
+    Encoding layers: MLP = Linear, BatchNorm, PReLU, Linear, then BatchNorm and PReLU. The
+    decoding layer: a single Linear, no norm, no activation. ``mask`` / ``token`` replace the
+    masked joints' features before aggregating (the token is zeros for the decoder's re-mask).
+    """
+
+    def __init__(self, in_dim, out_dim, adjacency, ops, encoding=True, learn_eps=False):
+        super().__init__()
+        self.ops = ops
+        self.register_buffer("adjacency", adjacency, persistent=False)
+        self.eps = nn.Parameter(torch.zeros(())) if learn_eps else 0.0
+        if encoding:
+            self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.PReLU(),
+                                     nn.Linear(out_dim, out_dim))
+            self.post = nn.Sequential(nn.BatchNorm1d(out_dim), nn.PReLU())
+        else:
+            self.mlp = nn.Linear(in_dim, out_dim)
+            self.post = nn.Identity()
+
+    def forward(self, h, mask=None, token=None):
+        graphs, joints, channels = h.shape
+        if token is None:
+            token = h.new_zeros(channels)
+        aggregated = self.ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps)
+        out = self.post(self.mlp(aggregated.reshape(graphs * joints, channels)))
+        return out.reshape(graphs, joints, -1)
+
+
+class GINEncoder(nn.Module):
+    """``num_layers`` GIN encoding layers of width ``dim``; the first substitutes the mask token."""
+
+    def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [GINLayer(dim, dim, adjacency, ops, learn_eps=learn_eps) for _ in range(num_layers)]
+        )
+
+    def forward(self, h, mask=None, token=None):
+        """h: [G, V, D] -> [G, V, D]."""
+        h = self.layers[0](h, mask, token)
+        for layer in self.layers[1:]:
+            h = layer(h)
+        return h
+
+
+class SkeletonEncoder(nn.Module):
+    """Joint embedding (Linear C -> D) plus the GIN encoder: G_E, reusable on its own."""
+
+    def __init__(self, in_channels, embed_dim, num_layers, adjacency, ops, learn_eps=False):
+        super().__init__()
+        self.embedding = nn.Linear(in_channels, embed_dim)
+        self.gin = GINEncoder(embed_dim, num_layers, adjacency, ops, learn_eps)
+
+    def forward(self, x, mask=None, token=None):
+        """x: [..., V, C] -> [..., V, D]; mask [G, V] over the flattened graphs, token [D]."""
+        *leading, joints, channels = x.shape
+        h = self.embedding(x.reshape(-1, joints, channels))
+        return self.gin(h, mask, token).reshape(*leading, joints, -1)
+
+
+class SkeletonMAEOutput(NamedTuple):
+    loss: torch.Tensor  # 0-d: mean over masked joints of non-padding graphs
+    reconstruction: torch.Tensor  # [N, M, T, V, C_out]
+    mask: torch.Tensor  # [N, M, T, V] bool: the joints masked and scored
+
+
+def check_skeleton_input(x, layout, in_channels, owner):
+    """Shape, dtype and (outside torch.compile) finiteness checks of an [N, M, T, V, C] batch."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{owner}: x must be [N, M, T, V, C] (5 dims), got shape {tuple(x.shape)}")
+    if x.shape[3] != layout.num_joints:
+        raise ValueError(f"{owner}: x has V={x.shape[3]} joints but layout {layout.name!r} has "
+                         f"{layout.num_joints} (shape {tuple(x.shape)})")
+    if x.shape[4] != in_channels:
+        raise ValueError(f"{owner}: x has C={x.shape[4]} channels but the model expects "
+                         f"in_channels={in_channels} (shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise ValueError(f"{owner}: x must be floating point, got {x.dtype}")
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{owner}: x contains NaN or inf")
+
+
+class SkeletonMAE(nn.Module):
+    """Graph masked autoencoder over skeleton sequences (pre-training).
+
+    Args:
+        layout: a built-in layout name, a dict or JSON path of a custom one, or a Layout.
+        in_channels: C of the input (2 for x, y).
+        embed_dim: D, the width of the embedding, encoder and decoder.
+        num_layers: GIN encoder layers.
+        mask_strategy: "parts" (the fixed body parts ``mask_parts`` in every graph),
+            "random_parts" (``num_mask_parts`` parts drawn per graph at every step) or
+            "random_joints" (a ``mask_ratio`` of joints drawn per graph at every step).
+        mask_parts: part indices of the layout's partition (default (3, 5): right arm + right leg).
+        beta: exponent of the cosine error.
+        target: "input" (the masked joints' input features) or "embedding" (their embedding,
+            stop-gradient: the paper's literal target).
+        backend: ignored here (always plain PyTorch); kept so both twins take the same arguments.
+        learn_eps: learn GIN's eps (GraphMAE keeps it 0).
+    """
+
+    def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
+                 mask_strategy="parts", mask_parts=(3, 5), mask_ratio=None, num_mask_parts=None,
+                 beta=2.0, target="input", backend="auto", learn_eps=False):
+        super().__init__()
+        self.layout = get_layout(layout)
+        self.in_channels, self.embed_dim, self.beta, self.target = in_channels, embed_dim, beta, target
+        self.mask_strategy = mask_strategy
+        self.mask_ratio, self.num_mask_parts = mask_ratio, num_mask_parts
+        self._check_config(mask_parts)
+        self.mask_parts = tuple(mask_parts)
+        ops = self.make_ops(backend)
+        self.ops = ops
+        adjacency = self.layout.adjacency()
+        membership = self.layout.part_membership()
+        self.register_buffer("part_membership", membership, persistent=False)
+        self.register_buffer("fixed_mask", membership[list(self.mask_parts)].any(0), persistent=False)
+        self.encoder = SkeletonEncoder(in_channels, embed_dim, num_layers, adjacency, ops, learn_eps)
+        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
+        self.encoder_to_decoder = nn.Linear(embed_dim, embed_dim, bias=False)
+        out_dim = in_channels if target == "input" else embed_dim
+        self.decoder = GINLayer(embed_dim, out_dim, adjacency, ops, encoding=False, learn_eps=learn_eps)
+
+    make_ops = staticmethod(reference_ops_for)
+
+    def _check_config(self, mask_parts):
+        parts = len(self.layout.parts)
+        if self.mask_strategy not in MASK_STRATEGIES:
+            raise ValueError(f"mask_strategy must be one of {MASK_STRATEGIES}, got {self.mask_strategy!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        bad = [p for p in mask_parts if not 0 <= p < parts]
+        if not mask_parts or bad:
+            raise ValueError(f"mask_parts must be part indices in 0..{parts - 1} of layout "
+                             f"{self.layout.name!r}, got {tuple(mask_parts)}")
+        if self.mask_strategy == "random_parts" and not (
+                isinstance(self.num_mask_parts, int) and 1 <= self.num_mask_parts <= parts):
+            raise ValueError(f"random_parts needs num_mask_parts in 1..{parts}, got {self.num_mask_parts!r}")
+        if self.mask_strategy == "random_joints" and not (
+                self.mask_ratio is not None and 0 < self.mask_ratio < 1):
+            raise ValueError(f"random_joints needs 0 < mask_ratio < 1, got {self.mask_ratio!r}")
+
+    def sample_mask(self, graphs, device):
+        """[G, V] bool: the joints to mask in each graph, by the masking strategy."""
+        joints = self.layout.num_joints
+        if self.mask_strategy == "parts":
+            return self.fixed_mask.expand(graphs, joints)
+        if self.mask_strategy == "random_parts":
+            rank = torch.rand(graphs, len(self.layout.parts), device=device).argsort(1).argsort(1)
+            chosen = (rank < self.num_mask_parts).float()
+            return (chosen @ self.part_membership.float()) > 0
+        masked = max(1, round(self.mask_ratio * joints))
+        return torch.rand(graphs, joints, device=device).argsort(1).argsort(1) < masked
+
+    def forward(self, x):
+        """x: [N, M, T, V, C] -> SkeletonMAEOutput(loss, reconstruction, mask)."""
+        check_skeleton_input(x, self.layout, self.in_channels, type(self).__name__)
+        n, m, t, v, c = x.shape
+        graphs = x.reshape(n * m * t, v, c)
+        not_padding = graphs.abs().sum(dim=(1, 2)) > 0  # all-zero persons / frames are padding
+        mask = self.sample_mask(graphs.shape[0], x.device) & not_padding[:, None]
+        hidden = self.encoder(graphs, mask, self.mask_token)
+        reconstruction = self.decoder(self.encoder_to_decoder(hidden), mask)  # re-mask: token 0
+        if self.target == "input":
+            target = graphs
+        else:
+            target = self.encoder.embedding(graphs).detach()
+        loss = self.ops.cosine_reconstruction_loss(reconstruction, target, mask, self.beta)
+        return SkeletonMAEOutput(loss, reconstruction.reshape(n, m, t, v, -1), mask.reshape(n, m, t, v))

@@ -1,0 +1,169 @@
+"""STRL and the SSL classifier in plain PyTorch (DESIGN.md section 6, paper section 3.2).
+
+Input [N, M, T, V, C] -> joint embedding (from pre-training) + learnable temporal position
+embedding -> 3 STRL layers -> mean over persons, frames and joints -> MLP -> class logits.
+
+One STRL layer, on H [N, M, T, V, D]:
+  spatial modelling (Eq. 3): a copy of the pre-trained encoder G_E runs on every (n, m, t)
+    graph; its output is sum-pooled over joints, the persons' pooled vectors are added (their
+    interaction) and broadcast back onto every joint of H: SM(H) = H + Repeat(SP(G_E(H)));
+  1x1 residual and update (Eq. 4): H' = ReLU(W (SM(H) + R H));
+  multi-scale temporal convolution (CTR-GCN): kernel 5 with dilations 1 and 2, a max-pool and a
+    1x1 branch, BatchNorm, with a residual.
+"""
+
+import torch
+from torch import nn
+
+from .layouts import get_layout
+from .models import GINEncoder, check_skeleton_input, reference_ops_for
+
+
+class MultiScaleTemporalConv(nn.Module):
+    """CTR-GCN's multi-scale temporal module on [B, D, T, V], plus a residual and ReLU."""
+
+    def __init__(self, dim, kernel_size=5, dilations=(1, 2)):
+        super().__init__()
+        branches = len(dilations) + 2
+        if dim % branches:
+            raise ValueError(f"embed_dim must be divisible by {branches} (temporal branches), got {dim}")
+        width = dim // branches
+
+        def pointwise():
+            return [nn.Conv2d(dim, width, 1), nn.BatchNorm2d(width)]
+
+        self.branches = nn.ModuleList(
+            [nn.Sequential(*pointwise(), nn.ReLU(),
+                           nn.Conv2d(width, width, (kernel_size, 1),
+                                     padding=((kernel_size - 1) * d // 2, 0), dilation=(d, 1)),
+                           nn.BatchNorm2d(width)) for d in dilations]
+            + [nn.Sequential(*pointwise(), nn.ReLU(), nn.MaxPool2d((3, 1), stride=1, padding=(1, 0)),
+                             nn.BatchNorm2d(width)),
+               nn.Sequential(*pointwise())]
+        )
+
+    def forward(self, x):
+        return torch.relu(torch.cat([branch(x) for branch in self.branches], dim=1) + x)
+
+
+class STRLLayer(nn.Module):
+    def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False):
+        super().__init__()
+        self.encoder = GINEncoder(dim, num_layers, adjacency, ops, learn_eps)  # a copy of G_E
+        self.residual = nn.Linear(dim, dim)  # the 1x1 convolution around spatial modelling
+        self.update = nn.Linear(dim, dim)  # W of Eq. 4
+        self.temporal = MultiScaleTemporalConv(dim)
+
+    def forward(self, h):
+        n, m, t, v, d = h.shape
+        spatial = self.encoder(h.reshape(n * m * t, v, d)).reshape(n, m, t, v, d)
+        interaction = spatial.sum(dim=3).sum(dim=1)  # sum over joints, then over persons
+        modelled = h + interaction[:, None, :, None, :]
+        h = torch.relu(self.update(modelled + self.residual(h)))
+        h = self.temporal(h.reshape(n * m, t, v, d).permute(0, 3, 1, 2))  # [B, D, T, V]
+        return h.permute(0, 2, 3, 1).reshape(n, m, t, v, d)
+
+
+class STRL(nn.Module):
+    """Embedding, temporal position embedding and ``num_strl_layers`` STRL layers.
+    ``backend`` is ignored here (plain PyTorch); kept so both twins take the same arguments."""
+
+    make_ops = staticmethod(reference_ops_for)
+
+    def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3, num_frames=64,
+                 num_strl_layers=3, learn_eps=False, backend="auto"):
+        super().__init__()
+        adjacency = get_layout(layout).adjacency()
+        ops = self.make_ops(backend)
+        self.embedding = nn.Linear(in_channels, embed_dim)
+        self.position = nn.Parameter(torch.zeros(num_frames, embed_dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.layers = nn.ModuleList(
+            [STRLLayer(embed_dim, num_layers, adjacency, ops, learn_eps) for _ in range(num_strl_layers)]
+        )
+
+    def forward(self, x):
+        """x: [N, M, T, V, C] -> [N, M, T, V, D]."""
+        h = self.embedding(x) + self.position[:, None, :]
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+
+class SSLClassifier(nn.Module):
+    """STRL plus a classifier head, fine-tuned from a pre-trained SkeletonMAE encoder.
+
+    ``freeze_encoder=True`` is the linear-probe protocol: the embedding and every encoder copy
+    keep their pre-trained weights and stay in eval mode. ``backend`` is ignored here (plain
+    PyTorch); it is kept so both twins take the same arguments.
+    """
+
+    def __init__(self, num_classes, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
+                 num_frames=64, num_persons=2, freeze_encoder=False, backend="auto",
+                 num_strl_layers=3, learn_eps=False):
+        super().__init__()
+        self.layout = get_layout(layout)
+        self.in_channels, self.num_frames, self.num_persons = in_channels, num_frames, num_persons
+        self.freeze_encoder = freeze_encoder
+        self.strl = self.strl_class(self.layout, in_channels, embed_dim, num_layers, num_frames,
+                                    num_strl_layers, learn_eps, backend)
+        self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes))
+        if freeze_encoder:
+            for module in self.encoder_modules():
+                module.requires_grad_(False)
+
+    strl_class = STRL
+
+    def encoder_modules(self):
+        """The pre-trained parts: the joint embedding and each layer's encoder copy."""
+        return [self.strl.embedding] + [layer.encoder for layer in self.strl.layers]
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze_encoder:
+            for module in self.encoder_modules():
+                module.eval()
+        return self
+
+    def features(self, x):
+        """[N, M, T, V, C] -> [N, D]: STRL output averaged over persons, frames and joints."""
+        name = type(self).__name__
+        check_skeleton_input(x, self.layout, self.in_channels, name)
+        if x.shape[2] != self.num_frames:
+            raise ValueError(f"{name}: x has T={x.shape[2]} frames but num_frames={self.num_frames}")
+        if x.shape[1] != self.num_persons:
+            raise ValueError(f"{name}: x has M={x.shape[1]} persons but num_persons={self.num_persons}")
+        return self.strl(x).mean(dim=(1, 2, 3))
+
+    def forward(self, x):
+        """[N, M, T, V, C] -> logits [N, num_classes]."""
+        return self.head(self.features(x))
+
+    @torch.no_grad()
+    def from_pretrained(self, source):
+        """Copies a pre-trained SkeletonMAE encoder (a model, its state_dict, or a checkpoint
+        file holding one) into the embedding and every STRL layer's encoder. Returns self."""
+        state = _encoder_state(source)
+        self.strl.embedding.load_state_dict(_subtree(state, "encoder.embedding."))
+        gin = _subtree(state, "encoder.gin.")
+        for layer in self.strl.layers:
+            layer.encoder.load_state_dict(gin)
+        return self
+
+
+def _encoder_state(source):
+    if isinstance(source, nn.Module):
+        return source.state_dict()
+    if not isinstance(source, dict):
+        source = torch.load(source, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(source.get(key), dict):
+            return source[key]
+    return source
+
+
+def _subtree(state, prefix):
+    sub = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"pre-trained weights have no '{prefix}*' entries: not a SkeletonMAE state_dict")
+    return sub

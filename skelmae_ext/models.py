@@ -1,0 +1,43 @@
+"""SkeletonMAE, STRL and the SSL classifier on skelmae_ext's fused ops.
+
+Each is the reference model of ``skelmae_reference`` with its two hot spots (masked GIN
+aggregation, cosine reconstruction loss) bound to one skelmae_ext backend: the same constructor
+arguments, the same state_dict keys and the same outputs, faster. A reference state_dict loads
+unchanged.
+"""
+
+import skelmae_reference
+
+from . import ops
+
+
+class BackendOps:
+    """The hot spots the reference models call, run on one skelmae_ext backend."""
+
+    def __init__(self, backend="auto"):
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def masked_graph_conv(self, x, mask, token, adjacency, eps=0.0):
+        return ops.masked_graph_conv(x, mask, token, adjacency, eps, backend=self.backend)
+
+    def cosine_reconstruction_loss(self, pred, target, mask=None, beta=2.0, reduction="mean"):
+        return ops.cosine_reconstruction_loss(pred, target, mask, beta, reduction, backend=self.backend)
+
+
+class SkeletonMAE(skelmae_reference.SkeletonMAE):
+    __doc__ = skelmae_reference.SkeletonMAE.__doc__.replace(
+        "backend: ignored here (always plain PyTorch); kept so both twins take the same arguments.",
+        'backend: "auto", "cpu", "cuda", "triton" or "reference" (see skelmae_ext.ops).')
+    make_ops = staticmethod(BackendOps)
+
+
+class STRL(skelmae_reference.STRL):
+    __doc__ = skelmae_reference.STRL.__doc__
+    make_ops = staticmethod(BackendOps)
+
+
+class SSLClassifier(skelmae_reference.SSLClassifier):
+    __doc__ = skelmae_reference.SSLClassifier.__doc__
+    strl_class = STRL
