@@ -25,6 +25,9 @@ REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 EXTENSION = load_extension()
+# Fixed at import: resolve_backend runs inside torch.compile'd code, which cannot trace these.
+HAS_CUDA_KERNELS = EXTENSION.loaded and has_kernel("masked_graph_conv", "CUDA")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,14 +39,14 @@ def _unavailable_reason(backend, device):
     if backend == "reference":
         return None
     if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not HAS_TRITON:
             return "triton is not installed"
         return "the Triton kernels are not part of this version yet"
     if not EXTENSION.loaded:
         return EXTENSION.reason
     if backend == "cpu":
         return None if device.type == "cpu" else f"it runs on CPU tensors, got tensors on {device}"
-    if not has_kernel("masked_graph_conv", "CUDA"):
+    if not HAS_CUDA_KERNELS:
         return "skelmae_ext was built without CUDA kernels"
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"

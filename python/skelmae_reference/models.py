@@ -24,10 +24,17 @@ MASK_STRATEGIES = ("parts", "random_parts", "random_joints")
 TARGETS = ("input", "embedding")
 
 
+class ReferenceOps:
+    """The models' two hot spots as this package's plain functions (skelmae_ext's twins bind
+    its fused kernels instead). An instance, not the module, so models deepcopy and pickle."""
+
+    masked_graph_conv = staticmethod(reference_ops.masked_graph_conv)
+    cosine_reconstruction_loss = staticmethod(reference_ops.cosine_reconstruction_loss)
+
+
 def reference_ops_for(backend):
-    """The ops object the models' hot spots call: this package's plain functions whatever the
-    backend (skelmae_ext's twins bind its fused kernels instead)."""
-    return reference_ops
+    """The ops object of the reference models, whatever the backend."""
+    return ReferenceOps()
 
 
 class GINLayer(nn.Module):

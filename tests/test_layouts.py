@@ -1,0 +1,106 @@
+"""Layouts: built-ins, derived matrices, custom layouts and their validation."""
+
+import json
+
+import pytest
+import torch
+
+from skelmae_ext import layouts
+
+BUILTIN = ["coco", "nturgb+d", "openpose", "bandai2", "msr_action3d"]
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_adjacency_is_binary_symmetric_without_self_loops(name):
+    layout = layouts.get_layout(name)
+    adjacency = layout.adjacency()
+    assert adjacency.shape == (layout.num_joints,) * 2
+    assert torch.equal(adjacency, adjacency.t())
+    assert set(adjacency.unique().tolist()) == {0.0, 1.0}
+    assert adjacency.diagonal().sum() == 0
+    assert adjacency.sum() == 2 * len(layout.edges)
+    # A skeleton is a tree: V - 1 edges, connected (checked at construction).
+    assert len(layout.edges) == layout.num_joints - 1
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_partition_is_six_disjoint_parts_covering_every_joint(name):
+    layout = layouts.get_layout(name)
+    membership = layout.part_membership()
+    assert membership.shape == (6, layout.num_joints)
+    assert torch.equal(membership.sum(0), torch.ones(layout.num_joints, dtype=torch.long))
+
+
+def test_coco_partition_is_the_papers():
+    coco = layouts.get_layout("coco")
+    assert coco.parts == ((0, 1, 2, 3, 4), (5, 6, 11, 12), (7, 9), (8, 10), (13, 15), (14, 16))
+    assert layouts.PART_NAMES[3] == "right arm" and layouts.PART_NAMES[5] == "right leg"
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_parts_and_flip_pairs_follow_the_joint_names(name):
+    layout = layouts.get_layout(name)
+    for part, side in ((2, "l"), (3, "r"), (4, "l"), (5, "r")):
+        for joint in layout.parts[part]:
+            lowered = layout.joints[joint].lower()
+            assert lowered.startswith("left" if side == "l" else "right") or lowered.endswith("_" + side), (
+                layout.joints[joint], layouts.PART_NAMES[part])
+    for left, right in layout.flip_pairs:
+        assert layout.joints[left].lower().replace("left", "right").replace("_l", "_r") == layout.joints[right].lower()
+
+
+def test_spatial_stack_matches_pyskl_on_coco():
+    spatial = layouts.get_layout("coco").spatial()
+    assert spatial.shape == (3, 17, 17)
+    assert torch.equal(spatial[0], torch.eye(17))
+    # edge2mat puts A[j, i] = 1 for inward (i, j); columns are normalised to 1 (0 for no edges)
+    assert spatial[1][13, 15] == 1.0 and spatial[2][15, 13] == 1.0
+    for matrix in spatial[1:]:
+        sums = matrix.sum(0)
+        assert torch.all(((sums - 1).abs() < 1e-6) | (sums == 0))
+    # The nose has four children (both eyes, both shoulders): outward entries of 1/4.
+    assert spatial[2][[1, 2, 5, 6], 0].tolist() == [0.25] * 4
+
+
+STAR = {"name": "star", "joints": ["hub", "a", "b", "c", "d"], "edges": [[1, 0], [2, 0], [3, 0], [4, 0]],
+        "center": 0, "parts": [[0], [1, 2], [3, 4]], "flip_pairs": [[1, 2]]}
+
+
+def test_custom_layout_from_dict_and_json(tmp_path):
+    path = tmp_path / "star.json"
+    path.write_text(json.dumps(STAR))
+    for source in (STAR, str(path), path):
+        layout = layouts.get_layout(source)
+        assert layout.num_joints == 5 and layout.parts == ((0,), (1, 2), (3, 4))
+        assert layout.to_dict()["edges"] == STAR["edges"]
+
+
+def _with(**changes):
+    return dict(STAR, **changes)
+
+
+INVALID = {
+    "edge out of range": (_with(edges=[[1, 0], [2, 0], [3, 0], [5, 0]]), r"edge \(5, 0\) is out of range for 5 joints"),
+    "self-loop": (_with(edges=[[1, 0], [2, 0], [3, 0], [4, 4]]), r"edge \(4, 4\) is a self-loop"),
+    "disconnected": (_with(edges=[[1, 0], [2, 0], [4, 3]]), r"not connected: joints \[3, 4\]"),
+    "overlapping parts": (_with(parts=[[0, 1], [1, 2]]), r"joint 1 is in parts 0 and 1"),
+    "empty part": (_with(parts=[[0], []]), r"part 1 is empty"),
+    "part out of range": (_with(parts=[[0], [7]]), r"part 1 holds joint 7, out of range"),
+    "center out of range": (_with(center=9), r"center 9 is out of range"),
+    "flip pair": (_with(flip_pairs=[[1, 1]]), r"flip pair \(1, 1\)"),
+    "missing key": ({k: v for k, v in STAR.items() if k != "parts"}, r"missing keys \['parts'\]"),
+    "unknown key": (_with(colour="red"), r"unknown keys \['colour'\]"),
+    "duplicate names": (_with(joints=["a", "a", "b", "c", "d"]), r"joint names must be unique"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID, ids=list(INVALID))
+def test_invalid_custom_layout(case):
+    spec, message = INVALID[case]
+    with pytest.raises(ValueError, match=message):
+        layouts.get_layout(spec)
+
+
+def test_unknown_layout_name():
+    with pytest.raises(ValueError, match=r"unknown layout 'kinect'.*built-in"):
+        layouts.get_layout("kinect")

@@ -1,0 +1,309 @@
+"""SkeletonMAE, STRL and the SSL classifier: the fast twins against the reference models."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+import skelmae_ext
+import skelmae_reference
+from skelmae_ext import layouts, ops
+from skelmae_ext.data import annotation_to_input, load_pyskl
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+BACKENDS = ops.available_backends("cpu")
+BUILTIN = ["coco", "nturgb+d", "openpose", "bandai2", "msr_action3d"]
+
+
+def real_batch(name="bandai2_coco2d_sample.pkl", count=4, clip_len=64):
+    """[N, 2, T, V, C] from the bundled real sequences (the second person is padding)."""
+    annotations = load_pyskl(os.path.join(DATA, name))["annotations"][:count]
+    x = torch.stack([annotation_to_input(a, clip_len) for a in annotations])
+    return x, torch.tensor([a["label"] for a in annotations])
+
+
+def random_batch(layout="coco", channels=2, n=3, t=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    v = layouts.get_layout(layout).num_joints
+    x = torch.randn(n, 2, t, v, channels, generator=generator)
+    x[0, 1] = 0  # a padded person
+    x[1, :, -2:] = 0  # padded frames
+    return x
+
+
+def twins(model_class, seed=0, **kwargs):
+    """(reference model, fast model) with the reference state_dict loaded into the fast one."""
+    torch.manual_seed(seed)
+    reference = getattr(skelmae_reference, model_class)(**kwargs)
+    fast = getattr(skelmae_ext, model_class)(**kwargs)
+    fast.load_state_dict(reference.state_dict())  # strict: same keys, same shapes
+    return reference, fast
+
+
+def outputs_and_grads(model, x, seed=0):
+    torch.manual_seed(seed)  # the same random masks for both twins
+    out = model(x)
+    if isinstance(out, torch.Tensor):
+        tensors, scalar = [out], out.square().mean()
+    else:
+        tensors, scalar = [out.loss, out.reconstruction, out.mask], out.loss
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(scalar, [p for _, p in model.named_parameters() if p.requires_grad],
+                                allow_unused=True, materialize_grads=True)
+    return tensors, dict(zip(names, grads))
+
+
+def assert_relative(actual, expected, scale, what=""):
+    """Agreement to 1e-4 relative to `scale`, the largest magnitude of that kind of tensor:
+    float32 sums over thousands of graphs cancel (the mask token's gradient; a bias before
+    BatchNorm has a true gradient of 0), so element-wise relative error is not meaningful."""
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f"{what}: {m}")
+
+
+def assert_twins_agree(reference, fast, x, seed=0):
+    (ref_out, ref_grads), (fast_out, fast_grads) = outputs_and_grads(reference, x, seed), outputs_and_grads(fast, x, seed)
+    for r, f in zip(ref_out, fast_out):
+        if r.dtype == torch.bool:
+            assert torch.equal(r, f)
+        else:
+            assert_relative(f.detach(), r.detach(), float(r.detach().abs().max()))
+    assert ref_grads.keys() == fast_grads.keys()
+    gradient_scale = max(float(g.abs().max()) for g in ref_grads.values())
+    for name in ref_grads:
+        assert_relative(fast_grads[name], ref_grads[name], gradient_scale, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", [dict(), dict(mask_strategy="random_parts", num_mask_parts=2),
+                                      dict(mask_strategy="random_joints", mask_ratio=0.4),
+                                      dict(target="embedding", learn_eps=True)],
+                         ids=["parts", "random_parts", "random_joints", "embedding-target"])
+def test_skeletonmae_is_a_drop_in_twin_on_random_data(backend, strategy):
+    reference, fast = twins("SkeletonMAE", backend=backend, **strategy)
+    assert_twins_agree(reference, fast, random_batch())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_skeletonmae_is_a_drop_in_twin_on_real_data(backend):
+    reference, fast = twins("SkeletonMAE", backend=backend)
+    assert_twins_agree(reference, fast, real_batch()[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_skeletonmae_twin_on_real_3d_mocap(backend):
+    x = real_batch("bandai2_sample.pkl", clip_len=16)[0]
+    reference, fast = twins("SkeletonMAE", layout="bandai2", in_channels=3, backend=backend)
+    reference.eval(), fast.eval()
+    assert_twins_agree(reference, fast, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_skeletonmae_twin_on_real_3d_mocap_in_training_mode(backend):
+    # Training-mode BatchNorm over these few 3D sequences is ill-conditioned: float32 itself is
+    # off by ~3e-4 of the gradient scale here, so compare each twin with the float64 reference
+    # instead (flash-attention's rule: at most twice the reference path's own error).
+    x = real_batch("bandai2_sample.pkl", clip_len=16)[0]
+    reference, fast = twins("SkeletonMAE", layout="bandai2", in_channels=3, backend=backend)
+    exact = outputs_and_grads(copy.deepcopy(reference).double(), x.double())[1]
+
+    def error(model):  # the largest gradient error, over every parameter
+        grads = outputs_and_grads(model, x)[1]
+        return max(float((grads[name].double() - exact[name]).abs().max()) for name in exact)
+
+    scale = max(float(g.abs().max()) for g in exact.values())
+    assert error(fast) <= 2 * error(reference) + 1e-5 * scale
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ssl_classifier_is_a_drop_in_twin(backend):
+    kwargs = dict(num_classes=10, embed_dim=32, num_frames=16, backend=backend)
+    reference, fast = twins("SSLClassifier", **kwargs)
+    assert_twins_agree(reference, fast, real_batch(clip_len=16)[0])
+    reference, fast = twins("SSLClassifier", **kwargs)
+    assert_twins_agree(reference, fast, random_batch(t=16))
+
+
+@pytest.mark.parametrize("layout", BUILTIN)
+def test_every_builtin_layout(layout):
+    channels = 3 if layout in ("bandai2", "msr_action3d", "nturgb+d") else 2
+    reference, fast = twins("SkeletonMAE", layout=layout, in_channels=channels)
+    assert_twins_agree(reference, fast, random_batch(layout, channels))
+
+
+def test_custom_json_layout_of_an_unseen_skeleton(tmp_path):
+    # A 9-joint quadruped-like stick figure no built-in layout has.
+    spec = {"name": "quadruped", "joints": ["spine", "head", "tail", "fl", "fr", "bl", "br", "neck", "hip"],
+            "edges": [[7, 0], [1, 7], [8, 0], [2, 8], [3, 7], [4, 7], [5, 8], [6, 8]],
+            "center": 0, "parts": [[1, 7], [0, 8, 2], [3], [4], [5], [6]], "flip_pairs": [[3, 4], [5, 6]]}
+    path = tmp_path / "quadruped.json"
+    path.write_text(json.dumps(spec))
+    reference, fast = twins("SkeletonMAE", layout=str(path), mask_parts=(2, 5))
+    x = torch.randn(2, 2, 6, 9, 2)
+    assert_twins_agree(reference, fast, x)
+    assert torch.equal(fast(x).mask[0, 0, 0], torch.tensor([False, False, False, True, False, False, True, False, False]))
+
+
+def test_mask_is_exactly_the_chosen_parts_and_never_padding():
+    model = skelmae_ext.SkeletonMAE(mask_parts=(3, 5))
+    x = random_batch(t=6)
+    mask = model(x).mask
+    expected_joints = torch.zeros(17, dtype=torch.bool)
+    expected_joints[[8, 10, 14, 16]] = True
+    padding = x.abs().sum(dim=(-1, -2)) == 0
+    assert padding.any()
+    assert not mask[padding].any()
+    assert torch.equal(mask[~padding], expected_joints.expand(int((~padding).sum()), 17))
+
+
+def test_random_parts_mask_whole_parts_per_graph():
+    model = skelmae_ext.SkeletonMAE(mask_strategy="random_parts", num_mask_parts=2)
+    x = random_batch(t=10)
+    mask = model(x).mask[x.abs().sum(dim=(-1, -2)) > 0]  # [G, V] of real graphs
+    membership = model.layout.part_membership()
+    per_part = (mask[:, None, :] & membership).sum(-1)  # masked joints of each part
+    whole = per_part == membership.sum(-1)
+    assert torch.all((per_part == 0) | whole)  # parts are masked whole or not at all
+    assert torch.all(whole.sum(-1) == 2)
+    assert len({tuple(row.tolist()) for row in whole}) > 1  # resampled across graphs
+
+
+def test_random_joints_mask_the_ratio_per_graph():
+    model = skelmae_ext.SkeletonMAE(mask_strategy="random_joints", mask_ratio=0.3)
+    x = random_batch(t=10)
+    mask = model(x).mask[x.abs().sum(dim=(-1, -2)) > 0]
+    assert torch.all(mask.sum(-1) == round(0.3 * 17))
+
+
+def test_padding_takes_no_part_in_the_loss():
+    torch.manual_seed(0)
+    model = skelmae_ext.SkeletonMAE()
+    x = random_batch(t=6)
+    padded = torch.cat([x, torch.zeros_like(x)], dim=1)  # two more all-zero persons
+    model.eval()  # BatchNorm statistics would otherwise see the extra rows
+    torch.testing.assert_close(model(padded).loss, model(x).loss)
+
+
+@pytest.mark.parametrize("model_name", ["SkeletonMAE", "SSLClassifier"])
+def test_one_real_batch_is_overfitted(model_name):
+    torch.manual_seed(0)
+    x, labels = real_batch(count=4, clip_len=16)
+    if model_name == "SkeletonMAE":
+        model = skelmae_ext.SkeletonMAE()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        loss_of = lambda: model(x).loss  # noqa: E731
+    else:
+        model = skelmae_ext.SSLClassifier(num_classes=10, embed_dim=32, num_frames=16)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        loss_of = lambda: torch.nn.functional.cross_entropy(model(x), labels)  # noqa: E731
+    first = loss_of().item()
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 10, (first, loss.item())
+
+
+@pytest.mark.parametrize("model_name", ["SkeletonMAE", "SSLClassifier"])
+def test_fullgraph_compile_of_forward_and_backward(model_name):
+    torch.manual_seed(0)
+    if model_name == "SkeletonMAE":
+        model = skelmae_ext.SkeletonMAE(embed_dim=16, num_layers=2)
+        scalar_of = lambda out: out.loss  # noqa: E731
+    else:
+        model = skelmae_ext.SSLClassifier(num_classes=5, embed_dim=16, num_layers=1, num_frames=8, num_strl_layers=1)
+        scalar_of = lambda out: out.square().mean()  # noqa: E731
+    model.eval()  # deterministic BatchNorm, so eager and compiled see identical computations
+    x = random_batch(t=8)
+    eager = scalar_of(model(x))
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()), allow_unused=True, materialize_grads=True)
+    compiled = scalar_of(torch.compile(model, fullgraph=True)(x))
+    grads = torch.autograd.grad(compiled, list(model.parameters()), allow_unused=True, materialize_grads=True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_from_pretrained_copies_exactly_the_pretrained_weights(tmp_path):
+    torch.manual_seed(0)
+    mae = skelmae_ext.SkeletonMAE(embed_dim=32)
+    for parameter in mae.parameters():
+        parameter.data.normal_()
+    torch.save({"model": mae.state_dict()}, tmp_path / "mae.pt")
+    for source in (mae, mae.state_dict(), str(tmp_path / "mae.pt")):
+        classifier = skelmae_ext.SSLClassifier(num_classes=3, embed_dim=32, num_frames=8).from_pretrained(source)
+        assert torch.equal(classifier.strl.embedding.weight, mae.encoder.embedding.weight)
+        for layer in classifier.strl.layers:
+            for key, value in mae.encoder.gin.state_dict().items():
+                assert torch.equal(layer.encoder.state_dict()[key], value), key
+
+
+def test_freeze_encoder_keeps_pretrained_weights_in_eval_mode():
+    classifier = skelmae_ext.SSLClassifier(num_classes=3, embed_dim=16, num_frames=8, freeze_encoder=True)
+    classifier.train()
+    frozen = classifier.encoder_modules()
+    assert all(not p.requires_grad for module in frozen for p in module.parameters())
+    assert all(not module.training for module in frozen)
+    assert classifier.head.training and all(p.requires_grad for p in classifier.head.parameters())
+    loss = classifier(random_batch(t=8)).sum()
+    loss.backward()
+    assert all(p.grad is None for module in frozen for p in module.parameters())
+
+
+def test_models_deepcopy_and_pickle(tmp_path):
+    model = skelmae_ext.SkeletonMAE()
+    x = random_batch(t=4)
+    model.eval()
+    clone = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    for other in (clone, loaded):
+        torch.testing.assert_close(other(x).loss, model(x).loss)
+
+
+def test_features_for_probes():
+    classifier = skelmae_ext.SSLClassifier(num_classes=3, embed_dim=16, num_frames=8)
+    assert classifier.features(random_batch(t=8)).shape == (3, 16)
+
+
+BAD_INPUT = {
+    "wrong rank": (torch.randn(2, 8, 17, 2), r"must be \[N, M, T, V, C\] \(5 dims\)"),
+    "V vs layout": (torch.randn(2, 2, 8, 18, 2), r"V=18 joints but layout 'coco' has 17"),
+    "C vs model": (torch.randn(2, 2, 8, 17, 3), r"C=3 channels but the model expects in_channels=2"),
+    "NaN": (torch.full((2, 2, 8, 17, 2), float("nan")), r"contains NaN or inf"),
+    "inf": (torch.full((2, 2, 8, 17, 2), float("inf")), r"contains NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
+@pytest.mark.parametrize("model_name", ["SkeletonMAE", "SSLClassifier"])
+def test_bad_input(case, model_name):
+    x, message = BAD_INPUT[case]
+    model = skelmae_ext.SkeletonMAE() if model_name == "SkeletonMAE" else skelmae_ext.SSLClassifier(3, num_frames=8)
+    with pytest.raises(ValueError, match=message):
+        model(x)
+
+
+def test_num_frames_mismatch():
+    with pytest.raises(ValueError, match=r"T=12 frames but num_frames=8"):
+        skelmae_ext.SSLClassifier(3, num_frames=8)(torch.randn(1, 2, 12, 17, 2))
+
+
+BAD_CONFIG = {
+    "mask part out of range": (dict(mask_parts=(3, 6)), r"mask_parts must be part indices in 0..5 of layout 'coco', got \(3, 6\)"),
+    "no mask parts": (dict(mask_parts=()), r"mask_parts must be part indices"),
+    "strategy": (dict(mask_strategy="blocks"), r"mask_strategy must be one of"),
+    "random parts count": (dict(mask_strategy="random_parts", num_mask_parts=7), r"num_mask_parts in 1..6"),
+    "random joints ratio": (dict(mask_strategy="random_joints", mask_ratio=1.5), r"0 < mask_ratio < 1"),
+    "target": (dict(target="pixels"), r"target must be one of"),
+    "backend": (dict(backend="fast"), r"backend must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIG, ids=list(BAD_CONFIG))
+def test_bad_configuration(case):
+    kwargs, message = BAD_CONFIG[case]
+    with pytest.raises(ValueError, match=message):
+        skelmae_ext.SkeletonMAE(**kwargs)
