@@ -7,7 +7,7 @@
 import pytest
 import torch
 
-from conftest import assert_matches, op_for, providers, record, run
+from conftest import COPY_ELEMENTS, assert_matches, op_for, providers, record, run
 
 COCO_EDGES = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5), (10, 8),
               (8, 6), (5, 0), (6, 0), (1, 0), (3, 1), (2, 0), (4, 2)]
@@ -62,7 +62,7 @@ def graph_conv_step(conv, inputs, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", providers())
 @pytest.mark.parametrize("shape", shape_params(QUICK_GRAPH_SHAPES, GRAPH_SHAPES), ids=lambda s: "G%d-V%d-C%d" % s)
-def test_masked_graph_conv(benchmark, rounds, shape, provider, mode):
+def test_masked_graph_conv(benchmark, rounds, copy_bandwidth, shape, provider, mode):
     benchmark.group = f"masked_graph_conv {mode} G={shape[0]} V={shape[1]} C={shape[2]}"
     inputs = graph_conv_inputs(*shape)
     step = graph_conv_step(op_for(provider, "masked_graph_conv"), inputs, mode)
@@ -71,7 +71,7 @@ def test_masked_graph_conv(benchmark, rounds, shape, provider, mode):
     run(benchmark, step, rounds)
     elements = shape[0] * shape[1] * shape[2]
     # forward reads x and writes y; backward reads dy and writes dx (4 bytes each, float32)
-    record(benchmark, (2 if mode == "forward" else 4) * elements * 4, provider=provider)
+    record(benchmark, (2 if mode == "forward" else 4) * elements * 4, copy_bandwidth, provider=provider)
 
 
 # Rows of the loss: the masked joints' features of G graphs, [G * V, C]; 278,528 = 16384 x 17.
@@ -93,7 +93,7 @@ def loss_step(loss_fn, pred, target, mask, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", providers())
 @pytest.mark.parametrize("shape", shape_params(QUICK_LOSS_SHAPES, LOSS_SHAPES), ids=lambda s: "R%d-C%d" % s)
-def test_cosine_reconstruction_loss(benchmark, rounds, shape, provider, mode):
+def test_cosine_reconstruction_loss(benchmark, rounds, copy_bandwidth, shape, provider, mode):
     benchmark.group = f"cosine_reconstruction_loss {mode} rows={shape[0]} C={shape[1]}"
     generator = torch.Generator().manual_seed(1)
     pred = torch.randn(*shape, generator=generator, requires_grad=True)
@@ -105,14 +105,14 @@ def test_cosine_reconstruction_loss(benchmark, rounds, shape, provider, mode):
     run(benchmark, step, rounds)
     elements = shape[0] * shape[1]
     # forward reads pred and target; the backward pass writes, reads and writes dpred once more
-    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, provider=provider)
+    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, copy_bandwidth, provider=provider)
 
 
 @pytest.mark.quick
 def test_copy_bandwidth(benchmark, rounds):
     """The machine's memory bandwidth in this run: a warm copy of a 142 MB tensor."""
     benchmark.group = "memory bandwidth"
-    source = torch.randn(16384 * 17 * 64 * 2)
+    source = torch.randn(COPY_ELEMENTS)
     destination = torch.empty_like(source)
     run(benchmark, lambda: destination.copy_(source), rounds)
     record(benchmark, 2 * source.numel() * 4, provider="copy")

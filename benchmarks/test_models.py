@@ -1,0 +1,104 @@
+"""Whole training steps: SkeletonMAE pre-training and SSL classifier fine-tuning, per provider.
+
+A step is forward, backward and the optimiser update on one batch [N, M=2, T=64, V, C] (COCO,
+D = 64). Providers: the reference models eager and compiled, then the skelmae_ext twins on each
+available backend (and compiled). Each provider's loss and gradients are checked against the
+reference model first.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import skelmae_ext
+import skelmae_reference
+
+from conftest import PeakMemory, assert_matches, providers, record, run
+
+BATCHES = [16, 128]
+
+
+def step_params():
+    """(N, provider) pairs; the quick subset is N = 16 with the eager providers (compiling a
+    whole model takes minutes on two cores)."""
+    names = providers()
+    names += [f"{name}-compiled" for name in names if name not in ("reference", "reference-compiled")]
+    return [pytest.param(n, name, marks=[pytest.mark.quick] if n == 16 and "compiled" not in name else [],
+                         id=f"N{n}-{name}") for n in BATCHES for name in names]
+
+
+def build(model_class, provider, reference_model):
+    """The provider's model with the reference model's weights, and its forward callable."""
+    backend = provider.removesuffix("-compiled")
+    if backend == "reference":
+        model = copy.deepcopy(reference_model)
+    else:
+        model = model_class(**reference_model.init_kwargs, backend=backend)
+        model.load_state_dict(reference_model.state_dict())
+    forward = torch.compile(model) if provider.endswith("-compiled") else model
+    return model, forward
+
+
+def pretraining_setup(n):
+    torch.manual_seed(0)
+    x = torch.randn(n, 2, 64, 17, 2)
+    x[::2, 1] = 0  # single-person clips: the second person is padding
+    reference = skelmae_reference.SkeletonMAE()
+    reference.init_kwargs = {}
+    return x, reference, skelmae_ext.SkeletonMAE, (lambda out: out.loss), torch.optim.Adam, dict(lr=1.5e-4)
+
+
+def finetuning_setup(n):
+    torch.manual_seed(0)
+    x = torch.randn(n, 2, 64, 17, 2)
+    labels = torch.randint(0, 10, (n,))
+    reference = skelmae_reference.SSLClassifier(num_classes=10)
+    reference.init_kwargs = {"num_classes": 10}
+    loss_of = lambda logits: torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)  # noqa: E731
+    return x, reference, skelmae_ext.SSLClassifier, loss_of, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)
+
+
+def loss_and_grads(model, forward, x, loss_of):
+    model.zero_grad()
+    loss = loss_of(forward(x))
+    loss.backward()
+    return [loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def benchmark_step(benchmark, rounds, setup, n, provider):
+    x, reference, fast_class, loss_of, optimizer_class, optimizer_kwargs = setup(n)
+    model, forward = build(fast_class, provider, reference)
+    model.eval()  # deterministic BatchNorm for the correctness check only
+    expected = loss_and_grads(reference.eval(), reference, x, loss_of)
+    got = loss_and_grads(model, forward, x, loss_of)
+    assert_matches(got[:1], expected[:1], provider)
+    # gradients to 1e-4 of the largest one: sums over many graphs cancel in float32
+    assert_matches(got[1:], expected[1:], provider, scale=max(float(g.abs().max()) for g in expected[1:]))
+    model.train()
+    optimizer = optimizer_class(model.parameters(), **optimizer_kwargs)
+
+    def step():
+        optimizer.zero_grad()
+        loss_of(forward(x)).backward()
+        optimizer.step()
+
+    step()  # compile, warm caches
+    with PeakMemory("cpu") as memory:
+        step()
+    run(benchmark, step, rounds)
+    record(benchmark, provider=provider, batch=n,
+           samples_per_s=round(n / benchmark.stats.stats.median, 1),
+           peak_memory_MB=round(memory.peak_bytes / 2**20, 1))
+
+
+@pytest.mark.parametrize("n,provider", step_params())
+def test_pretraining_step(benchmark, rounds, n, provider):
+    benchmark.group = f"SkeletonMAE pre-training step N={n} M=2 T=64 V=17 D=64"
+    benchmark_step(benchmark, rounds, pretraining_setup, n, provider)
+
+
+@pytest.mark.parametrize("n,provider", step_params())
+def test_finetuning_step(benchmark, rounds, n, provider):
+    benchmark.group = f"SSL classifier fine-tuning step N={n} M=2 T=64 V=17 D=64"
+    benchmark_step(benchmark, rounds, finetuning_setup, n, provider)
