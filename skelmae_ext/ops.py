@@ -53,6 +53,8 @@ def _unavailable_reason(backend, device):
 
 
 def _triton_unavailable_reason(device):
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
     if device.type not in ("cpu", "cuda"):
         return f"it runs on CUDA tensors, got tensors on {device}"
     if not TRITON.loaded:
