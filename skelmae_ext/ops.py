@@ -1,5 +1,6 @@
 """The registry of skelmae_ext's ops: public wrappers, input checks, backend choice, fake
-kernels and autograd, for the schemas declared in csrc/ops.cpp.
+kernels and autograd, for the schemas declared in csrc/ops.cpp and for their Triton twins
+(registered at the end of this module, schemas inferred from the launch functions).
 
 Backends (the ``backend=`` argument of every op):
 
@@ -331,8 +332,8 @@ def _loss_backward_fake(grad_output, grad_pred, grad_target, output_mask):
 
 
 def _register(backend):
-    """Fake kernels and autograd of the ops serving a compiled backend: the C++ ops ("cpu"
-    stands for them) or their Triton twins ("triton")."""
+    """Fake kernels and autograd of the ops serving a compiled backend: the C++ ops (one set
+    for "cpu" and "cuda") or their Triton twins ("triton")."""
     graph_conv, graph_conv_backward, loss, loss_backward = (
         _op(name, backend)
         for name in ("masked_graph_conv", "masked_graph_conv_backward", "cosine_reconstruction_loss",
