@@ -1,7 +1,9 @@
-"""Loads the compiled kernels (skelmae_ext._C), or says once why they are not used.
+"""Loads the compiled kernels (skelmae_ext._C) and the optional Triton kernels
+(skelmae_ext.triton), or says why they are not used.
 
 Importing skelmae_ext never fails because of the kernels: a missing or broken _C, or one built
 against another torch, gives one warning and every op falls back to the reference PyTorch path.
+Triton is optional: without it only backend="triton" is unavailable (no warning).
 """
 
 import importlib
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 DISABLE_ENV = "SKELMAE_DISABLE_EXTENSION"
+INTERPRET_ENV = "TRITON_INTERPRET"
+INTERPRETER_HINT = f"set {INTERPRET_ENV}=1 before importing skelmae_ext (for testing)"
 REINSTALL_HINT = "reinstall with `pip install --no-build-isolation .` against the torch you run"
 
 
@@ -63,3 +67,30 @@ def load_extension(import_module=importlib.import_module, torch_version=None):
 def has_kernel(op_name, dispatch_key):
     """Whether skelmae_ext::<op_name> has a kernel registered for dispatch_key ("CPU", "CUDA")."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"skelmae_ext::{op_name}", dispatch_key)
+
+
+@dataclass(frozen=True)
+class TritonStatus:
+    loaded: bool
+    reason: str = ""  # why the Triton kernels are not imported; empty when loaded
+    interpreted: bool = False  # they run in Triton's CPU interpreter (TRITON_INTERPRET=1)
+    kernels: object = None  # the skelmae_ext.triton module
+
+
+def load_triton(import_module=importlib.import_module, gpu_visible=torch.cuda.is_available):
+    """Imports skelmae_ext.triton where its kernels can run: on a CUDA GPU, or on CPU tensors
+    in Triton's interpreter (TRITON_INTERPRET=1 when the kernels are defined, i.e. when
+    skelmae_ext is imported). Elsewhere triton is not imported at all. Arguments exist for tests."""
+    if os.environ.get(INTERPRET_ENV, "0") in ("", "0") and not gpu_visible():
+        return TritonStatus(
+            loaded=False,
+            reason=f"it runs on a CUDA GPU (none is visible), or on CPU tensors in Triton's "
+            f"interpreter: {INTERPRETER_HINT}",
+        )
+    try:
+        kernels = import_module("skelmae_ext.triton")
+    except Exception as error:  # an optional dependency: any failure only disables the backend
+        if isinstance(error, ImportError) and error.name == "triton":
+            return TritonStatus(loaded=False, reason="triton is not installed (pip install triton)")
+        return TritonStatus(loaded=False, reason=f"the Triton kernels failed to import: {error}")
+    return TritonStatus(loaded=True, interpreted=kernels.INTERPRETED, kernels=kernels)

@@ -1,33 +1,37 @@
 """The registry of skelmae_ext's ops: public wrappers, input checks, backend choice, fake
-kernels and autograd, for the schemas declared in csrc/ops.cpp.
+kernels and autograd, for the schemas declared in csrc/ops.cpp and for their Triton twins
+(registered at the end of this module, schemas inferred from the launch functions).
 
 Backends (the ``backend=`` argument of every op):
 
-- ``"auto"``: the fastest available for the tensors' device: the compiled CPU kernels on CPU,
-  the CUDA kernels on a GPU, else the reference path.
+- ``"auto"``: the first of ``available_backends(device)``: on CPU tensors the compiled CPU
+  kernels, else the reference path; on a GPU the CUDA C++ kernels where they are built, else
+  the Triton kernels, else the reference path. (CUDA C++ before Triton is a default, not a
+  measurement: no GPU benchmark of the two exists yet.)
 - ``"cpu"``, ``"cuda"``: the compiled C++ / CUDA C++ kernels (torch.ops.skelmae_ext.*).
-- ``"triton"``: Triton kernels.
+- ``"triton"``: the Triton kernels (skelmae_ext.triton, registered here as
+  torch.ops.skelmae_ext.*_triton). They run on CUDA tensors, and on CPU tensors only in
+  Triton's interpreter (TRITON_INTERPRET=1 before skelmae_ext is imported), for testing.
 - ``"reference"``: plain PyTorch (the ``skelmae_reference`` package), differentiated by autograd.
 
 An unavailable backend raises a RuntimeError saying why.
 """
 
-import importlib.util
 import numbers
 
 import torch
 import skelmae_reference
 
-from ._extension import has_kernel, load_extension
+from ._extension import INTERPRETER_HINT, has_kernel, load_extension, load_triton
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 EXTENSION = load_extension()
-# Fixed at import: resolve_backend runs inside torch.compile'd code, which cannot trace these.
+TRITON = load_triton()
+# Fixed at import: resolve_backend runs inside torch.compile'd code, which cannot trace this.
 HAS_CUDA_KERNELS = EXTENSION.loaded and has_kernel("masked_graph_conv", "CUDA")
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,9 +43,7 @@ def _unavailable_reason(backend, device):
     if backend == "reference":
         return None
     if backend == "triton":
-        if not HAS_TRITON:
-            return "triton is not installed"
-        return "the Triton kernels are not part of this version yet"
+        return _triton_unavailable_reason(device)
     if not EXTENSION.loaded:
         return EXTENSION.reason
     if backend == "cpu":
@@ -53,10 +55,24 @@ def _unavailable_reason(backend, device):
     return None if device.type == "cuda" else f"it runs on CUDA tensors, got tensors on {device}"
 
 
+def _triton_unavailable_reason(device):
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    if device.type not in ("cpu", "cuda"):
+        return f"it runs on CUDA tensors, got tensors on {device}"
+    if not TRITON.loaded:
+        return TRITON.reason
+    if device.type == "cpu" and not TRITON.interpreted:
+        return f"on CPU tensors it runs only in Triton's interpreter: {INTERPRETER_HINT}"
+    return None
+
+
 def available_backends(device="cpu"):
-    """The backends that can run on tensors on `device`, fastest first."""
+    """The backends that can run on tensors on `device`, fastest first (Triton's interpreter,
+    on CPU tensors, is the slowest of all)."""
     device = torch.device(device)
-    return [b for b in ("cuda", "cpu", "reference") if _unavailable_reason(b, device) is None]
+    order = ("cpu", "reference", "triton") if device.type == "cpu" else ("cuda", "triton", "reference")
+    return [b for b in order if _unavailable_reason(b, device) is None]
 
 
 def resolve_backend(backend, device, op="skelmae_ext"):
@@ -177,7 +193,7 @@ def masked_graph_conv(x, mask, token, adjacency, eps=0.0, *, backend="auto"):
         eps_tensor = eps.to(x.device)
     else:
         eps_tensor = torch.tensor(float(eps), dtype=_accumulate_dtype(x.dtype), device=x.device)
-    return torch.ops.skelmae_ext.masked_graph_conv(x, mask, token, adjacency, eps_tensor)
+    return _op("masked_graph_conv", chosen)(x, mask, token, adjacency, eps_tensor)
 
 
 def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mean", *, backend="auto"):
@@ -202,7 +218,7 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
     channels = pred.shape[-1]
     output_mask = [_needs_grad(pred), _needs_grad(target)]
-    loss, _, _ = torch.ops.skelmae_ext.cosine_reconstruction_loss(
+    loss, _, _ = _op("cosine_reconstruction_loss", chosen)(
         pred.reshape(-1, channels),
         target.reshape(-1, channels),
         None if mask is None else mask.reshape(-1),
@@ -252,6 +268,12 @@ def _check_batch_norm_prelu_inputs(x, norm, activation):
         _fail(op, "x", "of more than 1 row per channel when training", f"shape {tuple(x.shape)}")
 
 
+def _op(name, backend):
+    """The op implementing `name` on a compiled backend: the C++ op serves "cpu" and "cuda"
+    (through the dispatcher), its Triton twin <name>_triton serves "triton"."""
+    return getattr(torch.ops.skelmae_ext, name + ("_triton" if backend == "triton" else ""))
+
+
 def _needs_grad(tensor):
     return tensor.requires_grad and torch.is_grad_enabled()
 
@@ -261,7 +283,7 @@ def _accumulate_dtype(dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake kernels and autograd of the compiled ops
+# Fake kernels and autograd of the compiled ops (the C++ ops and their Triton twins alike)
 
 
 def _graph_conv_fake(x, mask, token, adjacency, eps):
@@ -281,19 +303,22 @@ def _graph_conv_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _graph_conv_backward(ctx, grad_output):
-    x, mask, token, adjacency, eps = ctx.saved_tensors
-    need_x, _, need_token, _, need_eps = ctx.needs_input_grad
-    grad_x, grad_token, grad_eps = torch.ops.skelmae_ext.masked_graph_conv_backward(
-        grad_output, x, mask, token, adjacency, eps, [need_x, need_token, need_eps]
-    )
-    return (
-        grad_x if need_x else None,
-        None,
-        grad_token if need_token else None,
-        None,
-        grad_eps if need_eps else None,
-    )
+def _graph_conv_backward_with(backward_op):
+    def backward(ctx, grad_output):
+        x, mask, token, adjacency, eps = ctx.saved_tensors
+        need_x, _, need_token, _, need_eps = ctx.needs_input_grad
+        grad_x, grad_token, grad_eps = backward_op(
+            grad_output, x, mask, token, adjacency, eps, [need_x, need_token, need_eps]
+        )
+        return (
+            grad_x if need_x else None,
+            None,
+            grad_token if need_token else None,
+            None,
+            grad_eps if need_eps else None,
+        )
+
+    return backward
 
 
 def _loss_fake(pred, target, mask, beta, reduction, output_mask):
@@ -314,29 +339,30 @@ def _loss_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad_pred, grad_target)
 
 
-def _loss_backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
-    # The forward wrote d(loss)/d(input) for grad_output = 1 into fresh buffers; the backward
-    # op scales them by grad_output read as a tensor (no host sync, saved buffers untouched).
-    needed = ctx.needs_input_grad[:2]
-    if grad_loss is None:  # grads are not materialised (see _loss_setup_context)
-        return None, None, None, None, None, None
-    for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask):
-        if need and not computed:
-            raise RuntimeError(
-                f"cosine_reconstruction_loss: {name} needs a gradient but the forward ran with "
-                f"output_mask={list(ctx.output_mask)}; call skelmae_ext.ops.cosine_reconstruction_loss"
-            )
-    grad_pred, grad_target = torch.ops.skelmae_ext.cosine_reconstruction_loss_backward(
-        grad_loss, *ctx.saved_tensors, list(needed)
-    )
-    return (
-        grad_pred if needed[0] else None,
-        grad_target if needed[1] else None,
-        None,
-        None,
-        None,
-        None,
-    )
+def _loss_backward_with(backward_op):
+    def backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
+        # The forward wrote d(loss)/d(input) for grad_output = 1 into fresh buffers; the backward
+        # op scales them by grad_output read as a tensor (no host sync, saved buffers untouched).
+        needed = ctx.needs_input_grad[:2]
+        if grad_loss is None:  # grads are not materialised (see _loss_setup_context)
+            return None, None, None, None, None, None
+        for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask):
+            if need and not computed:
+                raise RuntimeError(
+                    f"cosine_reconstruction_loss: {name} needs a gradient but the forward ran with "
+                    f"output_mask={list(ctx.output_mask)}; call skelmae_ext.ops.cosine_reconstruction_loss"
+                )
+        grad_pred, grad_target = backward_op(grad_loss, *ctx.saved_tensors, list(needed))
+        return (
+            grad_pred if needed[0] else None,
+            grad_target if needed[1] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+    return backward
 
 
 def _loss_backward_fake(grad_output, grad_pred, grad_target, output_mask):
@@ -373,19 +399,44 @@ def _batch_norm_prelu_backward(ctx, grad_y, _unused_grad_mean, _unused_grad_var)
     return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 4
 
 
+def _register(backend):
+    """Fake kernels and autograd of the ops serving a compiled backend: the C++ ops (one set
+    for "cpu" and "cuda") or their Triton twins ("triton")."""
+    graph_conv, graph_conv_backward, loss, loss_backward = (
+        _op(name, backend)
+        for name in ("masked_graph_conv", "masked_graph_conv_backward", "cosine_reconstruction_loss",
+                     "cosine_reconstruction_loss_backward")
+    )
+    torch.library.register_fake(graph_conv.default)(_graph_conv_fake)
+    torch.library.register_fake(graph_conv_backward.default)(_graph_conv_backward_fake)
+    torch.library.register_fake(loss.default)(_loss_fake)
+    torch.library.register_fake(loss_backward.default)(_loss_backward_fake)
+    torch.library.register_autograd(
+        graph_conv.default, _graph_conv_backward_with(graph_conv_backward), setup_context=_graph_conv_setup_context
+    )
+    torch.library.register_autograd(
+        loss.default, _loss_backward_with(loss_backward), setup_context=_loss_setup_context
+    )
+
+
 if EXTENSION.loaded:
+    _register("cpu")
     torch.library.register_fake("skelmae_ext::batch_norm_prelu")(_batch_norm_prelu_fake)
     torch.library.register_fake("skelmae_ext::batch_norm_prelu_backward")(_batch_norm_prelu_backward_fake)
     torch.library.register_autograd(
         "skelmae_ext::batch_norm_prelu", _batch_norm_prelu_backward, setup_context=_batch_norm_prelu_setup_context
     )
-    torch.library.register_fake("skelmae_ext::masked_graph_conv")(_graph_conv_fake)
-    torch.library.register_fake("skelmae_ext::masked_graph_conv_backward")(_graph_conv_backward_fake)
-    torch.library.register_fake("skelmae_ext::cosine_reconstruction_loss")(_loss_fake)
-    torch.library.register_fake("skelmae_ext::cosine_reconstruction_loss_backward")(_loss_backward_fake)
-    torch.library.register_autograd(
-        "skelmae_ext::masked_graph_conv", _graph_conv_backward, setup_context=_graph_conv_setup_context
-    )
-    torch.library.register_autograd(
-        "skelmae_ext::cosine_reconstruction_loss", _loss_backward, setup_context=_loss_setup_context
-    )
+
+if TRITON.loaded:
+    # triton_op (not custom_op) lets torch.compile see and schedule the kernels themselves; the
+    # schemas come from the launch functions' annotations. The fake kernels registered by
+    # _register replace triton_op's default (the launch function run on fake tensors), which
+    # the interpreter's kernels cannot run.
+    for _name, _launch in (
+        ("masked_graph_conv", TRITON.kernels.graph_conv_forward),
+        ("masked_graph_conv_backward", TRITON.kernels.graph_conv_backward),
+        ("cosine_reconstruction_loss", TRITON.kernels.cosine_loss_forward),
+        ("cosine_reconstruction_loss_backward", TRITON.kernels.cosine_loss_backward),
+    ):
+        torch.library.triton_op(f"skelmae_ext::{_name}_triton", _launch, mutates_args=())
+    _register("triton")

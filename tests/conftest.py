@@ -1,4 +1,10 @@
-"""Shared fixtures: devices and backends to run on (PyG's withCUDA idiom), graph inputs."""
+"""Shared fixtures: devices and backends to run on (PyG's withCUDA idiom), graph inputs.
+
+The Triton backend runs on CPU tensors only in Triton's interpreter, which a separate process
+turns on before triton is imported: `TRITON_INTERPRET=1 pytest tests/ -m triton` (.ci/run).
+The interpreter is slow, so tests shrink their largest sizes there (`size_for`)."""
+
+import contextlib
 
 import pytest
 import torch
@@ -15,10 +21,34 @@ def compiled_backends(device):
 
 # Every (device, compiled backend) pair available here: the kernels under test.
 DEVICE_BACKENDS = [
-    pytest.param(device, backend, id=f"{device.type}-{backend}")
+    pytest.param(
+        device, backend, id=f"{device.type}-{backend}", marks=[pytest.mark.triton] if backend == "triton" else []
+    )
     for device in DEVICES
     for backend in compiled_backends(device)
 ]
+
+
+def interpreted(device, backend):
+    """Whether the kernels under test run in Triton's CPU interpreter."""
+    return backend == "triton" and device.type == "cpu"
+
+
+def size_for(device, backend, size, interpreted_size):
+    """`size`, or the smaller `interpreted_size` where the kernels run in the interpreter."""
+    return interpreted_size if interpreted(device, backend) else size
+
+
+def tracing_context(device, backend):
+    """The context to trace the ops in (torch.compile, opcheck's AOT dispatch test).
+
+    On a GPU, AOTAutograd decomposes a triton_op into its launch function so that Inductor
+    compiles the kernels itself; that runs the launch function on fake tensors, which
+    interpreted kernels cannot take. In the interpreter the ops therefore stay opaque custom
+    ops: tracing without graph breaks, the fake kernels and autograd are still checked."""
+    if interpreted(device, backend):
+        return torch._functorch.config.patch(decompose_custom_triton_ops=False)
+    return contextlib.nullcontext()
 
 # (rtol, atol) against the reference path run in float64.
 TOLERANCES = {

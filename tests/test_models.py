@@ -13,7 +13,8 @@ from skelmae_ext import layouts, ops
 from skelmae_ext.data import annotation_to_input, load_pyskl
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-BACKENDS = ops.available_backends("cpu")
+# Every backend that runs here; Triton's (the interpreter) only in the `-m triton` process.
+BACKENDS = [pytest.param(b, marks=[pytest.mark.triton] if b == "triton" else []) for b in ops.available_backends("cpu")]
 BUILTIN = ["coco", "nturgb+d", "openpose", "bandai2", "msr_action3d"]
 
 

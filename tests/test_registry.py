@@ -11,7 +11,7 @@ import torch
 
 from skelmae_ext import _extension, ops
 
-from conftest import DEVICE_BACKENDS, DEVICES
+from conftest import DEVICE_BACKENDS, tracing_context
 from skeletons import adjacency
 
 OP_NAMES = [
@@ -60,23 +60,29 @@ def _loss_samples(device):
             yield (pred, target, mask, 2.0, reduction, needs)
 
 
-@pytest.mark.parametrize("device", DEVICES, ids=str)
-def test_opcheck_graph_conv(device):
+def _opcheck(name, backend, args):
+    """opcheck of the op serving `backend`: the C++ op, or its Triton twin."""
+    with tracing_context(args[0].device, backend):
+        torch.library.opcheck(ops._op(name, backend).default, args)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_opcheck_graph_conv(device, backend):
     for args in _graph_conv_samples(device):
-        torch.library.opcheck(torch.ops.skelmae_ext.masked_graph_conv.default, args)
+        _opcheck("masked_graph_conv", backend, args)
         x, mask, token, adj, eps = (a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         backward_args = (torch.randn_like(x), x, mask, token, adj, eps, [True, True, True])
-        torch.library.opcheck(torch.ops.skelmae_ext.masked_graph_conv_backward.default, backward_args)
+        _opcheck("masked_graph_conv_backward", backend, backward_args)
 
 
-@pytest.mark.parametrize("device", DEVICES, ids=str)
-def test_opcheck_loss(device):
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_opcheck_loss(device, backend):
     for args in _loss_samples(device):
-        torch.library.opcheck(torch.ops.skelmae_ext.cosine_reconstruction_loss.default, args)
+        _opcheck("cosine_reconstruction_loss", backend, args)
         pred, target, _, _, reduction, needs = args
         grad_output = torch.randn(12 if reduction == "none" else (), device=device)
         backward_args = (grad_output, pred.detach(), target.detach(), needs)
-        torch.library.opcheck(torch.ops.skelmae_ext.cosine_reconstruction_loss_backward.default, backward_args)
+        _opcheck("cosine_reconstruction_loss_backward", backend, backward_args)
 
 
 def test_auto_picks_the_compiled_cpu_kernels():
@@ -96,10 +102,63 @@ def test_cuda_backend_without_gpu_says_why():
         ops.cosine_reconstruction_loss(pred, pred, backend="cuda")
 
 
-def test_triton_backend_says_why():
+def _set_triton(monkeypatch, **status):
+    monkeypatch.setattr(ops, "TRITON", _extension.TritonStatus(**status))
+
+
+def test_triton_not_installed_says_so_and_the_rest_works(monkeypatch):
+    _set_triton(monkeypatch, loaded=False, reason="triton is not installed (pip install triton)")
     x = torch.randn(2, 17, 3)
-    with pytest.raises(RuntimeError, match="backend='triton' is not available: .*[Tt]riton"):
+    with pytest.raises(RuntimeError, match=r"backend='triton' is not available: triton is not installed"):
         ops.masked_graph_conv(x, None, torch.zeros(3), adjacency(17), backend="triton")
+    assert "triton" not in ops.available_backends("cpu")
+    ops.masked_graph_conv(x, None, torch.zeros(3), adjacency(17))
+
+
+def test_load_triton_without_triton_says_so():
+    def import_module(name):
+        raise ModuleNotFoundError("No module named 'triton'", name="triton")
+
+    status = _extension.load_triton(import_module, gpu_visible=lambda: True)
+    assert not status.loaded and status.reason == "triton is not installed (pip install triton)"
+
+
+def test_load_triton_imports_nothing_without_a_gpu_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv(_extension.INTERPRET_ENV, raising=False)
+
+    def import_module(name):
+        raise AssertionError(f"imported {name}")
+
+    status = _extension.load_triton(import_module, gpu_visible=lambda: False)
+    assert not status.loaded and "TRITON_INTERPRET=1" in status.reason
+
+
+def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
+    _set_triton(monkeypatch, loaded=True, interpreted=False)
+    pred = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match=r"backend='triton' is not available: on CPU tensors it runs only in "
+                                           r"Triton's interpreter: set TRITON_INTERPRET=1 before importing"):
+        ops.cosine_reconstruction_loss(pred, pred, backend="triton")
+
+
+def test_triton_rejects_other_devices_by_name():
+    assert ops._unavailable_reason("triton", torch.device("meta")) == "it runs on CUDA tensors, got tensors on meta"
+
+
+def test_auto_never_picks_the_interpreter(monkeypatch):
+    _set_triton(monkeypatch, loaded=True, interpreted=True)
+    assert ops.available_backends("cpu")[-1] == "triton"
+    assert ops.resolve_backend("auto", torch.device("cpu")) != "triton"
+
+
+@pytest.mark.skipif(not ops.EXTENSION.loaded, reason="needs the compiled kernels")
+def test_auto_on_a_gpu_prefers_the_cuda_kernels_then_triton(monkeypatch):
+    _set_triton(monkeypatch, loaded=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ops, "HAS_CUDA_KERNELS", True)
+    assert ops.available_backends("cuda") == ["cuda", "triton", "reference"]
+    monkeypatch.setattr(ops, "HAS_CUDA_KERNELS", False)
+    assert ops.resolve_backend("auto", torch.device("cuda")) == "triton"
 
 
 def test_cpu_backend_rejects_other_devices_by_name():
@@ -165,6 +224,7 @@ def test_disabled_extension_gives_the_same_results_through_the_fallback(tmp_path
     target = torch.randn(50, 17, 3, generator=generator, requires_grad=True)
     torch.save([x, mask, token, adjacency(17), eps, None, target], tmp_path / "in.pt")
     env = dict(os.environ, **{_extension.DISABLE_ENV: "1"})
+    env.pop(_extension.INTERPRET_ENV, None)  # the reference path alone, even in the Triton test run
     subprocess.run(
         [sys.executable, "-c", FALLBACK_SCRIPT, tmp_path / "in.pt", tmp_path / "out.pt"],
         env=env, check=True, cwd=tmp_path,

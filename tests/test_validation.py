@@ -5,9 +5,12 @@ import torch
 
 from skelmae_ext import ops
 
+from conftest import DEVICE_BACKENDS
 from skeletons import adjacency
 
-BACKENDS = ["auto", "reference"]
+# Inputs are checked before the backend is resolved: the same errors whatever the backend, even
+# one that cannot run here.
+BACKENDS = ["auto", "reference", "triton"]
 
 
 def graph_conv_args(**overrides):
@@ -81,10 +84,12 @@ def test_loss_rejects(case, backend):
         ops.cosine_reconstruction_loss(**loss_args(**overrides), backend=backend)
 
 
-def test_direct_op_call_checks_in_cpp():
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_direct_op_calls_still_check(device, backend):
     # torch.ops calls skip the Python wrapper; the kernels still refuse bad shapes.
-    x = torch.randn(4, 17, 3)
+    x = torch.randn(4, 17, 3, device=device)
+    graph_conv, loss = ops._op("masked_graph_conv", backend), ops._op("cosine_reconstruction_loss", backend)
     with pytest.raises(RuntimeError, match=r"adjacency must be \[17, 17\]"):
-        torch.ops.skelmae_ext.masked_graph_conv(x, None, torch.zeros(3), adjacency(18), torch.tensor(0.0))
+        graph_conv(x, None, torch.zeros(3, device=device), adjacency(18).to(device), torch.tensor(0.0, device=device))
     with pytest.raises(RuntimeError, match="reduction must be 'mean', 'sum' or 'none'"):
-        torch.ops.skelmae_ext.cosine_reconstruction_loss(x[0], x[0], None, 2.0, "max", [False, False])
+        loss(x[0], x[0], None, 2.0, "max", [False, False])
