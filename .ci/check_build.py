@@ -9,19 +9,17 @@ import torch
 import skelmae_ext
 from skelmae_ext import _extension
 
-# Ops with CUDA kernels; batch_norm_prelu is CPU-only (on a GPU the PyTorch modules run).
 OPS = [
     "masked_graph_conv",
     "masked_graph_conv_backward",
     "cosine_reconstruction_loss",
     "cosine_reconstruction_loss_backward",
 ]
-CPU_OPS = OPS + ["batch_norm_prelu", "batch_norm_prelu_backward"]
 
 status = skelmae_ext.EXTENSION
 if not status.loaded:
     sys.exit(f"compiled kernels did not load: {status.reason}")
-missing_cpu = [op for op in CPU_OPS if not _extension.has_kernel(op, "CPU")]
+missing_cpu = [op for op in OPS if not _extension.has_kernel(op, "CPU")]
 if missing_cpu:
     sys.exit(f"ops without a CPU kernel: {missing_cpu}")
 
@@ -35,4 +33,4 @@ if cuda_sources and torch.version.cuda:
     print(f"CUDA kernels registered for {len(OPS)} ops")
 else:
     print(f"no CUDA build expected (CUDA sources: {len(cuda_sources)}, torch CUDA: {torch.version.cuda})")
-print(f"CPU kernels registered for {len(CPU_OPS)} ops; torch {torch.__version__}")
+print(f"CPU kernels registered for {len(OPS)} ops; torch {torch.__version__}")

@@ -28,14 +28,4 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_backward(Tensor grad_output, Tensor grad_pred, "
       "Tensor grad_target, bool[2] output_mask) -> (Tensor, Tensor)");
-  // PReLU(BatchNorm(x)) over the rows of x [R, C]: (y, mean, biased variance) of the batch when
-  // training, of the running statistics otherwise.
-  m.def(
-      "batch_norm_prelu(Tensor x, Tensor weight, Tensor bias, Tensor prelu_weight, "
-      "Tensor? running_mean, Tensor? running_var, bool training, float eps) -> (Tensor, Tensor, Tensor)");
-  // (grad_x, grad_weight, grad_bias, grad_prelu_weight); empty where output_mask is false.
-  m.def(
-      "batch_norm_prelu_backward(Tensor grad_output, Tensor x, Tensor weight, Tensor bias, "
-      "Tensor prelu_weight, Tensor mean, Tensor var, bool training, float eps, bool[4] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -1,8 +1,7 @@
 """SkeletonMAE, STRL and the SSL classifier on skelmae_ext's fused ops.
 
-Each is the reference model of ``skelmae_reference`` with its hot spots (masked GIN aggregation,
-cosine reconstruction loss, the BatchNorm + PReLU tail of each GIN layer) bound to one
-skelmae_ext backend: the same constructor
+Each is the reference model of ``skelmae_reference`` with its two hot spots (masked GIN
+aggregation, cosine reconstruction loss) bound to one skelmae_ext backend: the same constructor
 arguments, the same state_dict keys and the same outputs, faster. A reference state_dict loads
 unchanged.
 """
@@ -25,9 +24,6 @@ class BackendOps:
 
     def cosine_reconstruction_loss(self, pred, target, mask=None, beta=2.0, reduction="mean"):
         return ops.cosine_reconstruction_loss(pred, target, mask, beta, reduction, backend=self.backend)
-
-    def batch_norm_prelu(self, x, norm, activation):
-        return ops.batch_norm_prelu(x, norm, activation, backend=self.backend)
 
 
 class SkeletonMAE(skelmae_reference.SkeletonMAE):

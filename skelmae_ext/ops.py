@@ -229,45 +229,6 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     return loss.reshape(pred.shape[:-1]) if reduction == "none" else loss
 
 
-def batch_norm_prelu(x, norm, activation, *, backend="auto"):
-    """``activation(norm(x))`` for an ``nn.BatchNorm1d`` over the rows of ``x`` [R, C] and an
-    ``nn.PReLU``, fused (two passes each way instead of five): the tail of every GIN encoding
-    layer. Updates ``norm``'s running statistics exactly as ``norm(x)`` would.
-
-    The fused kernel runs on the CPU backend (affine BatchNorm with a set momentum); elsewhere
-    this is the two PyTorch modules. Gradients flow to x, the BatchNorm's weight and bias and
-    the PReLU's weight.
-    """
-    _check_batch_norm_prelu_inputs(x, norm, activation)
-    chosen = resolve_backend(backend, x.device, "batch_norm_prelu")
-    if chosen != "cpu" or not norm.affine or norm.momentum is None:
-        return skelmae_reference.batch_norm_prelu(x, norm, activation)
-    training = norm.training or norm.running_mean is None
-    y, mean, var = torch.ops.skelmae_ext.batch_norm_prelu(
-        x, norm.weight, norm.bias, activation.weight, norm.running_mean, norm.running_var,
-        training, norm.eps)
-    if norm.training and norm.running_mean is not None:
-        with torch.no_grad():  # as F.batch_norm: unbiased variance into the running estimate
-            norm.num_batches_tracked.add_(1)
-            norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), norm.momentum)
-            unbiased = var * (x.shape[0] / max(x.shape[0] - 1, 1))
-            norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), norm.momentum)
-    return y
-
-
-def _check_batch_norm_prelu_inputs(x, norm, activation):
-    op = "batch_norm_prelu"
-    _check_float_tensor(op, "x", x)
-    if x.dim() != 2:
-        _fail(op, "x", "of shape [R, C] (2 dims)", f"shape {tuple(x.shape)}")
-    if not isinstance(norm, torch.nn.BatchNorm1d) or norm.num_features != x.shape[1]:
-        _fail(op, "norm", f"an nn.BatchNorm1d over C={x.shape[1]} features", repr(norm))
-    if not isinstance(activation, torch.nn.PReLU) or activation.weight.numel() not in (1, x.shape[1]):
-        _fail(op, "activation", f"an nn.PReLU with 1 or C={x.shape[1]} parameters", repr(activation))
-    if norm.training and x.shape[0] < 2:
-        _fail(op, "x", "of more than 1 row per channel when training", f"shape {tuple(x.shape)}")
-
-
 def _op(name, backend):
     """The op implementing `name` on a compiled backend: the C++ op serves "cpu" and "cuda"
     (through the dispatcher), its Triton twin <name>_triton serves "triton"."""
@@ -372,33 +333,6 @@ def _loss_backward_fake(grad_output, grad_pred, grad_target, output_mask):
     )
 
 
-def _batch_norm_prelu_fake(x, weight, bias, prelu_weight, running_mean, running_var, training, eps):
-    stats_dtype = _accumulate_dtype(x.dtype)
-    channels = x.shape[1]
-    return x.new_empty(x.shape), x.new_empty(channels, dtype=stats_dtype), x.new_empty(channels, dtype=stats_dtype)
-
-
-def _batch_norm_prelu_backward_fake(grad_output, x, weight, bias, prelu_weight, mean, var, training, eps, output_mask):
-    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip((x, weight, bias, prelu_weight), output_mask))
-
-
-def _batch_norm_prelu_setup_context(ctx, inputs, output):
-    x, weight, bias, prelu_weight, _, _, ctx.training, ctx.eps = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, bias, prelu_weight, mean, var)
-
-
-def _batch_norm_prelu_backward(ctx, grad_y, _unused_grad_mean, _unused_grad_var):
-    needed = list(ctx.needs_input_grad[:4])
-    if grad_y is None:
-        return (None,) * 8
-    grads = torch.ops.skelmae_ext.batch_norm_prelu_backward(
-        grad_y, *ctx.saved_tensors, ctx.training, ctx.eps, needed)
-    return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 4
-
-
 def _register(backend):
     """Fake kernels and autograd of the ops serving a compiled backend: the C++ ops (one set
     for "cpu" and "cuda") or their Triton twins ("triton")."""
@@ -421,11 +355,6 @@ def _register(backend):
 
 if EXTENSION.loaded:
     _register("cpu")
-    torch.library.register_fake("skelmae_ext::batch_norm_prelu")(_batch_norm_prelu_fake)
-    torch.library.register_fake("skelmae_ext::batch_norm_prelu_backward")(_batch_norm_prelu_backward_fake)
-    torch.library.register_autograd(
-        "skelmae_ext::batch_norm_prelu", _batch_norm_prelu_backward, setup_context=_batch_norm_prelu_setup_context
-    )
 
 if TRITON.loaded:
     # triton_op (not custom_op) lets torch.compile see and schedule the kernels themselves; the

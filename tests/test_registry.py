@@ -19,8 +19,6 @@ OP_NAMES = [
     "masked_graph_conv_backward",
     "cosine_reconstruction_loss",
     "cosine_reconstruction_loss_backward",
-    "batch_norm_prelu",
-    "batch_norm_prelu_backward",
 ]
 
 

@@ -30,7 +30,6 @@ class ReferenceOps:
 
     masked_graph_conv = staticmethod(reference_ops.masked_graph_conv)
     cosine_reconstruction_loss = staticmethod(reference_ops.cosine_reconstruction_loss)
-    batch_norm_prelu = staticmethod(reference_ops.batch_norm_prelu)
 
 
 def reference_ops_for(backend):
@@ -57,18 +56,15 @@ class GINLayer(nn.Module):
             self.post = nn.Sequential(nn.BatchNorm1d(out_dim), nn.PReLU())
         else:
             self.mlp = nn.Linear(in_dim, out_dim)
+            self.post = nn.Identity()
 
     def forward(self, h, mask=None, token=None):
         graphs, joints, channels = h.shape
         if token is None:
             token = h.new_zeros(channels)
         aggregated = self.ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps)
-        rows = aggregated.reshape(graphs * joints, channels)
-        if isinstance(self.mlp, nn.Linear):  # the decoding layer
-            return self.mlp(rows).reshape(graphs, joints, -1)
-        first, norm, activation, second = self.mlp
-        out = second(self.ops.batch_norm_prelu(first(rows), norm, activation))
-        return self.ops.batch_norm_prelu(out, *self.post).reshape(graphs, joints, -1)
+        out = self.post(self.mlp(aggregated.reshape(graphs * joints, channels)))
+        return out.reshape(graphs, joints, -1)
 
 
 class GINEncoder(nn.Module):
