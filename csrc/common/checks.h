@@ -52,6 +52,14 @@ inline void check_cosine_loss_args(const at::Tensor& pred, const at::Tensor& tar
   }
 }
 
+// The CUDA kernels read every tensor argument on one device (the dispatcher only guarantees
+// that one of them is a CUDA tensor).
+inline void check_device(const char* op, const char* name, const at::Tensor& tensor,
+                         const at::Device& device) {
+  TORCH_CHECK(tensor.device() == device, op, ": ", name, " must be on ", device, ", got ",
+              tensor.device());
+}
+
 enum class Reduction { kNone, kMean, kSum };
 
 inline Reduction parse_reduction(c10::string_view reduction) {

@@ -70,8 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "cosine_loss_cpu", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const Acc beta_acc = static_cast<Acc>(beta);
-    const Acc row_weight =
-        reduction == Reduction::kMean ? Acc(1) / static_cast<Acc>(std::max<int64_t>(counted, 1)) : Acc(1);
+    const Acc row_weight = counted_row_weight<Acc>(reduction == Reduction::kMean, counted);
     const scalar_t* pred_data = pred.data_ptr<scalar_t>();
     const scalar_t* target_data = target.data_ptr<scalar_t>();
     scalar_t* loss_rows = reduction == Reduction::kNone ? loss.data_ptr<scalar_t>() : nullptr;
