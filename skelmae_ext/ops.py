@@ -25,6 +25,8 @@ REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 EXTENSION = load_extension()
+# Asked once: torch.compile cannot trace the dispatcher query inside the ops.
+HAS_CUDA_KERNELS = EXTENSION.loaded and has_kernel("masked_graph_conv", "CUDA")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,7 +45,7 @@ def _unavailable_reason(backend, device):
         return EXTENSION.reason
     if backend == "cpu":
         return None if device.type == "cpu" else f"it runs on CPU tensors, got tensors on {device}"
-    if not has_kernel("masked_graph_conv", "CUDA"):
+    if not HAS_CUDA_KERNELS:
         return "skelmae_ext was built without CUDA kernels"
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"

@@ -5,7 +5,7 @@ import torch
 
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, seeded
+from conftest import DEVICE_BACKENDS, DEVICES, compiled_backends, seeded
 from skeletons import adjacency, make_mask
 
 
@@ -26,7 +26,11 @@ def inputs(device):
     return x, mask, token, adjacency(17).to(device), eps, target
 
 
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+# "auto" also traces the backend choice (which asks about the CUDA kernels).
+AUTO = [pytest.param(d, "auto", id=f"{d.type}-auto") for d in DEVICES if compiled_backends(d)]
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS + AUTO)
 def test_fullgraph_compile_matches_eager(device, backend):
     args = inputs(device)
     leaves = [args[0], args[2], args[4]]
