@@ -95,8 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& token_in, const at::Tensor& adjacency, const at::Tensor& eps,
     std::array<bool, 3> output_mask) {
   check_graph_conv_args(x_in, mask_in, token_in, adjacency, eps);
-  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes(), "masked_graph_conv_backward: grad_output shape ",
-              grad_y_in.sizes(), " differs from x shape ", x_in.sizes());
+  check_graph_conv_backward_args(grad_y_in, x_in);
   const auto [need_x, need_token, need_eps] = output_mask;
   const at::Tensor grad_y = grad_y_in.contiguous().to(x_in.scalar_type());
   const at::Tensor x = x_in.contiguous();
