@@ -43,6 +43,9 @@ def main():
     args = parser.parse_args()
     machine, groups = load_groups(args.json_file)
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} cores\n")
+    gpus = {b["extra_info"]["device"] for rows in groups.values() for b in rows.values() if "device" in b["extra_info"]}
+    if gpus:
+        print(f"GPU: {', '.join(sorted(gpus))}\n")
     print(markdown(groups))
 
 
