@@ -301,23 +301,31 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out[blockIdx.x] = static_cast<Out>(total);
 }
 
-// Checks and the contiguous inputs shared by the forward and the backward.
-struct Inputs {
-  at::Tensor x, token;
-  std::optional<at::Tensor> mask;
-};
-
-Inputs prepare_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                      const at::Tensor& token, const at::Tensor& adjacency,
-                      const at::Tensor& eps) {
+// The checked arguments of both ops: the device guard is set (to x's device) once the checks
+// have passed, then the inputs are made contiguous on that device.
+at::Device checked_device(const char* op, const at::Tensor& x,
+                          const std::optional<at::Tensor>& mask, const at::Tensor& token,
+                          const at::Tensor& adjacency, const at::Tensor& eps) {
   check_graph_conv_args(x, mask, token, adjacency, eps);
   if (mask.has_value()) check_device(op, "mask", *mask, x.device());
   check_device(op, "token", token, x.device());
   check_device(op, "adjacency", adjacency, x.device());
   check_device(op, "eps", eps, x.device());
-  return {x.contiguous(), token.contiguous(),
-          mask.has_value() ? std::optional<at::Tensor>(mask->contiguous()) : std::nullopt};
+  return x.device();
 }
+
+struct Inputs {
+  c10::cuda::CUDAGuard guard;
+  at::Tensor x, token;
+  std::optional<at::Tensor> mask;
+
+  Inputs(const char* op, const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
+         const at::Tensor& token_in, const at::Tensor& adjacency, const at::Tensor& eps)
+      : guard(checked_device(op, x_in, mask_in, token_in, adjacency, eps)),
+        x(x_in.contiguous()),
+        token(token_in.contiguous()),
+        mask(mask_in.has_value() ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt) {}
+};
 
 const bool* mask_data(const std::optional<at::Tensor>& mask) {
   return mask.has_value() ? mask->data_ptr<bool>() : nullptr;
@@ -331,8 +339,7 @@ at::Tensor accumulate_eps(const at::Tensor& eps) {
 at::Tensor forward_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
                         const at::Tensor& token_in, const at::Tensor& adjacency,
                         const at::Tensor& eps) {
-  const Inputs in = prepare_inputs("masked_graph_conv", x_in, mask_in, token_in, adjacency, eps);
-  const c10::cuda::CUDAGuard guard(in.x.device());
+  const Inputs in("masked_graph_conv", x_in, mask_in, token_in, adjacency, eps);
   at::Tensor y = new_output(in.x);
   if (in.x.numel() == 0) return y;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -355,10 +362,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& token_in, const at::Tensor& adjacency, const at::Tensor& eps,
     std::array<bool, 3> output_mask) {
   constexpr const char* kOp = "masked_graph_conv_backward";
-  const Inputs in = prepare_inputs(kOp, x_in, mask_in, token_in, adjacency, eps);
   check_graph_conv_backward_args(grad_y_in, x_in);
   check_device(kOp, "grad_output", grad_y_in, x_in.device());
-  const c10::cuda::CUDAGuard guard(in.x.device());
+  const Inputs in(kOp, x_in, mask_in, token_in, adjacency, eps);
   const auto [need_x, need_token, need_eps] = output_mask;
   at::Tensor grad_x = new_output(in.x, need_x);
   at::Tensor grad_token = new_output(in.token, need_token);
