@@ -88,6 +88,7 @@ __global__ void __launch_bounds__(kThreads)
   for_each_row<kLanes>(rows, [&](int64_t r, int lane, bool active) {
     const int64_t offset = r * channels;
     Acc dot = 0, pred_sq = 0, target_sq = 0;
+#pragma unroll 4  // several loads in flight per lane
     for (int64_t c = lane; active && c < channels; c += kLanes) {
       accumulate_row_products_tile<1>(&dot, &pred_sq, &target_sq, pred + offset + c,
                                       target + offset + c);
@@ -101,6 +102,7 @@ __global__ void __launch_bounds__(kThreads)
     // the reference path) and add 0 to the loss.
     const bool counted_row = mask == nullptr || mask[r];
     if (grad_pred != nullptr || grad_target != nullptr) {
+#pragma unroll 4
       for (int64_t c = lane; c < channels; c += kLanes) {
         write_row_gradient_tile<1>(grad_pred ? grad_pred + offset + c : nullptr,
                                    grad_target ? grad_target + offset + c : nullptr,
@@ -144,6 +146,7 @@ __global__ void __launch_bounds__(kThreads)
     if (!active) return;
     const Acc factor = static_cast<Acc>(scale[per_row ? r : 0]);
     const int64_t offset = r * channels;
+#pragma unroll 4
     for (int64_t c = offset + lane; c < offset + channels; c += kLanes) {
       if (out_pred != nullptr) {
         out_pred[c] = static_cast<T>(factor * static_cast<Acc>(grad_pred[c]));

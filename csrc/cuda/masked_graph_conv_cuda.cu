@@ -13,9 +13,10 @@
 //   fill_neighbor_row (the rows of the CPU's fill_neighbor_table). Each block copies the table
 //   to shared memory when it is small (V <= 38 in float: every skeleton layout).
 // - a block takes tiles of graphs_per_tile consecutive graphs x `width` channels (blockIdx.y
-//   picks the channels), stages the tile in shared memory (x~ forward, dy backward: the rows a
-//   joint gathers from its neighbours), then thread t computes channel t % width of tile rows
-//   t / width, + rows_per_pass, ...: global loads and stores are coalesced over channels.
+//   picks the channels), stages the tile in shared memory (x~ forward; dy backward, the rows a
+//   joint gathers from its neighbours, and x~ when eps needs its gradient), then thread t
+//   computes channel t % width of tile rows t / width, + rows_per_pass, ...: global loads and
+//   stores are coalesced over channels, and the staging loads are batched.
 // - eps is read from its device tensor, and the token and eps gradients are reduced in two
 //   stages: per-block partials in double, then one block per output sums them in a fixed
 //   order. No atomics and no host sync: bitwise reproducible and CUDA-graph capturable.
@@ -37,9 +38,9 @@ namespace skelmae {
 namespace {
 
 constexpr int64_t kMaxWidth = 128;                   // channels of a tile row
-constexpr int64_t kTargetTileBytes = 16 * 1024;      // graphs per tile: about this much, so
-                                                     // that 8 blocks fit on an SM
-constexpr int64_t kMaxTileBytes = 32 * 1024;         // one graph's tile at most (width shrinks)
+constexpr int64_t kTargetTileBytes = 16 * 1024;      // graphs per tile: about this much
+                                                     // staged, so that 8 blocks fit on an SM
+constexpr int64_t kMaxTileBytes = 32 * 1024;         // one graph's tiles at most (width shrinks)
 constexpr int64_t kMaxSharedTableBytes = 12 * 1024;  // a larger table is read from global memory
 // Dynamic shared memory (tile, table, alignment) plus the backward's static arrays stay under
 // the 48 KiB a kernel gets without opting in.
@@ -55,6 +56,7 @@ struct TileConfig {
   int32_t width;            // channels of a tile row: block y takes [y * width, (y + 1) * width)
   int32_t rows_per_pass;    // kThreads / width
   int32_t graphs_per_tile;
+  int32_t tile_elements;    // graphs_per_tile * joints * width: one staged tensor's tile
   int64_t tiles;            // ceil(graphs / graphs_per_tile)
   int32_t table_offset;     // bytes into shared memory of the table's offsets and indices,
                             // -1 when the table stays in global memory
@@ -69,14 +71,15 @@ struct TileConfig {
 
 int64_t round_up(int64_t bytes, int64_t alignment) { return ceil_div(bytes, alignment) * alignment; }
 
+// The configuration for `staged` tensors staged per tile.
 template <typename T, typename Acc>
-TileConfig tile_config(int64_t graphs, int32_t joints, int64_t channels) {
+TileConfig tile_config(int64_t graphs, int32_t joints, int64_t channels, int64_t staged) {
   // Equal chunks of at most kMaxWidth channels (C = 200: two of 100, not 128 + 72).
   int64_t width = ceil_div(channels, ceil_div(channels, kMaxWidth));
-  const auto graph_bytes = [&] { return width * joints * static_cast<int64_t>(sizeof(T)); };
+  const auto graph_bytes = [&] { return staged * width * joints * static_cast<int64_t>(sizeof(T)); };
   while (width > 1 && graph_bytes() > kMaxTileBytes) width = ceil_div(width, 2);
   TORCH_CHECK(graph_bytes() <= kMaxTileBytes, "masked_graph_conv: the CUDA kernels take at most ",
-              kMaxTileBytes / sizeof(T), " joints in this dtype, got ", joints);
+              kMaxTileBytes / (staged * sizeof(T)), " joints in this dtype, got ", joints);
   TORCH_CHECK(ceil_div(channels, width) <= 65535, "masked_graph_conv: too many channels (",
               channels, ") for the CUDA kernels");
   TileConfig config{};
@@ -87,6 +90,7 @@ TileConfig tile_config(int64_t graphs, int32_t joints, int64_t channels) {
   config.rows_per_pass = static_cast<int32_t>(kThreads / width);
   config.graphs_per_tile =
       static_cast<int32_t>(std::clamp<int64_t>(kTargetTileBytes / graph_bytes(), 1, graphs));
+  config.tile_elements = static_cast<int32_t>(config.graphs_per_tile * joints * width);
   config.tiles = ceil_div(graphs, config.graphs_per_tile);
   const int64_t tile_bytes = round_up(config.graphs_per_tile * graph_bytes(), 16);
   // The host cannot know the number of entries without a sync: room for V * V.
@@ -172,18 +176,25 @@ __device__ __forceinline__ int64_t chunk_begin(const TileConfig& config) {
   return int64_t(blockIdx.y) * config.width;
 }
 
+// Rows of a [G, V, C] tensor to stage: the token's where mask is set (mask may be null).
+template <typename T>
+struct Staged {
+  const T* data;
+  const bool* mask;
+  const T* token;
+};
+
 // For each tile of the block (tiles blockIdx.x, + gridDim.x, ...): stages the tile's rows of
-// `source` ([G, V, C]; the token's where mask is set, when mask is not null) for the block's
-// channels into `tile`, then calls fn(graph, joint, lane, tile_graph, row) for each (graph,
-// joint) this thread handles: lane is its channel within the chunk, tile_graph the graph's rows
-// in the tile (width apart), row the offset of (graph, joint, first channel of the chunk) in
-// the [G, V, C] tensors.
+// `first`, and of `second` unless its data is null, for the block's channels into `tiles`
+// (second at + tile_elements), then calls fn(graph, joint, lane, tile_graph, row) for each
+// (graph, joint) this thread handles: lane is its channel within the chunk, tile_graph the
+// graph's rows in the first tile (width apart), row the offset of (graph, joint, first channel
+// of the chunk) in the [G, V, C] tensors. A thread stages the elements it later computes.
 template <typename T, typename Fn>
-__device__ __forceinline__ void for_each_tile_row(const TileConfig& config, T* tile,
-                                                  const T* source, const bool* mask,
-                                                  const T* token, Fn&& fn) {
+__device__ __forceinline__ void for_each_tile_row(const TileConfig& config, T* tiles,
+                                                  const Staged<T>& first, const Staged<T>& second,
+                                                  Fn&& fn) {
   const int64_t first_channel = chunk_begin(config);
-  const T* chunk_token = token != nullptr ? token + first_channel : nullptr;
   const int32_t lane = threadIdx.x % config.width;
   const int32_t first_row = threadIdx.x / config.width;
   // Threads past rows_per_pass rows, or past the last channel of a narrower last chunk, only
@@ -198,20 +209,28 @@ __device__ __forceinline__ void for_each_tile_row(const TileConfig& config, T* t
     const int32_t rows = static_cast<int32_t>(
         std::min<int64_t>(config.graphs_per_tile, config.graphs - first_graph) * config.joints);
     const int64_t base = first_graph * config.joints * config.channels + first_channel;
-    const bool* tile_mask = mask != nullptr ? mask + first_graph * config.joints : nullptr;
-    __syncthreads();  // the previous tile has been read
-    if (active) {
+    const auto stage = [&](T* tile, const Staged<T>& source) {
+      const T* data = source.data + base;
+      const bool* mask = source.mask != nullptr ? source.mask + first_graph * config.joints : nullptr;
+      const T* token = source.token != nullptr ? source.token + first_channel : nullptr;
+      // Unrolled so that each thread has several loads in flight (memory-level parallelism).
+#pragma unroll 4
       for (int32_t row = first_row; row < rows; row += config.rows_per_pass) {
         tile[row * config.width + lane] =
-            substituted_row(source + base, tile_mask, chunk_token, row, config.channels)[lane];
+            substituted_row(data, mask, token, row, config.channels)[lane];
       }
+    };
+    __syncthreads();  // the previous tiles have been read
+    if (active) {
+      stage(tiles, first);
+      if (second.data != nullptr) stage(tiles + config.tile_elements, second);
     }
     __syncthreads();
     if (active) {
       int32_t graph = first_row / config.joints;
       int32_t joint = first_row % config.joints;
       for (int32_t row = first_row; row < rows; row += config.rows_per_pass) {
-        fn(first_graph + graph, joint, lane, tile + graph * config.joints * config.width,
+        fn(first_graph + graph, joint, lane, tiles + graph * config.joints * config.width,
            base + int64_t(row) * config.channels);
         graph += graph_step;
         joint += joint_step;
@@ -235,7 +254,8 @@ __global__ void __launch_bounds__(kThreads)
   const Acc self_weight = Acc(1) + *eps;
   // The tile holds x~ (the token is substituted while staging, so masked joints' x is never
   // read): the shared function sees no mask.
-  for_each_tile_row(config, reinterpret_cast<T*>(shared), x, mask, token,
+  for_each_tile_row(config, reinterpret_cast<T*>(shared), Staged<T>{x, mask, token},
+                    Staged<T>{nullptr, nullptr, nullptr},
                     [&](int64_t, int32_t joint, int32_t lane, const T* tile_graph, int64_t row) {
                       graph_conv_forward_tile<1>(y + row, tile_graph, config.width,
                                                  static_cast<const bool*>(nullptr),
@@ -263,12 +283,16 @@ __global__ void __launch_bounds__(kThreads)
   const T* chunk_token = token + first_channel;
   // This thread's channel summed over its rows, in row order.
   double token_sum = 0.0, eps_sum = 0.0;
+  // dy is staged; so is x~ when eps needs it (its rows are then read from the second tile).
   for_each_tile_row(
-      config, reinterpret_cast<T*>(shared), grad_y, static_cast<const bool*>(nullptr),
-      static_cast<const T*>(nullptr),
+      config, reinterpret_cast<T*>(shared), Staged<T>{grad_y, nullptr, nullptr},
+      Staged<T>{kEps ? x : nullptr, mask, token},
       [&](int64_t graph, int32_t joint, int32_t lane, const T* tile_graph, int64_t row) {
+        const T* x_tilde_row =
+            kEps ? tile_graph + config.tile_elements + joint * config.width : nullptr;
         graph_conv_backward_tile<1>(grad_x != nullptr ? grad_x + row : nullptr, &token_sum,
-                                    kEps ? &eps_sum : nullptr, tile_graph, config.width, x + row,
+                                    kEps ? &eps_sum : nullptr, tile_graph, config.width,
+                                    x_tilde_row,
                                     mask != nullptr ? mask + graph * config.joints : nullptr,
                                     chunk_token, neighbors, joint, self_weight, int64_t(lane));
       });
@@ -345,10 +369,10 @@ at::Tensor forward_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>&
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "masked_graph_conv_cuda", [&] {
     using Acc = at::opmath_type<scalar_t>;
+    const TileConfig config = tile_config<scalar_t, Acc>(
+        in.x.size(0), static_cast<int32_t>(in.x.size(1)), in.x.size(2), /*staged=*/1);
     const DeviceNeighborTable<Acc> table = build_neighbor_table<Acc>(adjacency, false, stream);
     const at::Tensor eps_acc = accumulate_eps<Acc>(eps);
-    const TileConfig config =
-        tile_config<scalar_t, Acc>(in.x.size(0), static_cast<int32_t>(in.x.size(1)), in.x.size(2));
     graph_conv_forward_kernel<scalar_t, Acc><<<config.grid(), kThreads, config.shared_bytes, stream>>>(
         y.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), mask_data(in.mask),
         in.token.data_ptr<scalar_t>(), table.view(), eps_acc.data_ptr<Acc>(), config);
@@ -382,10 +406,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   dim3 grid;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "masked_graph_conv_backward_cuda", [&] {
     using Acc = at::opmath_type<scalar_t>;
+    const TileConfig config = tile_config<scalar_t, Acc>(
+        in.x.size(0), static_cast<int32_t>(in.x.size(1)), channels, /*staged=*/need_eps ? 2 : 1);
     const DeviceNeighborTable<Acc> reversed = build_neighbor_table<Acc>(adjacency, true, stream);
     const at::Tensor eps_acc = accumulate_eps<Acc>(eps);
-    const TileConfig config =
-        tile_config<scalar_t, Acc>(in.x.size(0), static_cast<int32_t>(in.x.size(1)), channels);
     grid = config.grid();
     partials = at::empty({(channels + grid.y) * grid.x}, in.x.options().dtype(at::kDouble));
     const auto kernel = need_eps ? graph_conv_backward_kernel<scalar_t, Acc, true>
