@@ -11,7 +11,7 @@
 // channel per thread here). Work layout:
 // - the adjacency becomes a neighbour table on the device: one thread per joint runs
 //   fill_neighbor_row (the rows of the CPU's fill_neighbor_table). Each block copies the table
-//   to shared memory when it is small (V <= 38 in float: every skeleton layout).
+//   to shared memory when it is small (V <= 38 in float: the body layouts of 17 to 25 joints).
 // - a block takes tiles of graphs_per_tile consecutive graphs x `width` channels (blockIdx.y
 //   picks the channels), stages the tile in shared memory (x~ forward; dy backward, the rows a
 //   joint gathers from its neighbours, and x~ when eps needs its gradient), then thread t
