@@ -1,5 +1,6 @@
-// Launch shape and deterministic reductions shared by the CUDA kernels: fixed shuffle trees and
-// fixed-order sums, never atomics, so every result is bitwise reproducible on a given GPU.
+// Launch shape, output allocation and deterministic reductions shared by the CUDA kernels:
+// fixed shuffle trees and fixed-order sums, never atomics, so every result is bitwise
+// reproducible on a given GPU.
 #pragma once
 
 #include <ATen/ATen.h>
