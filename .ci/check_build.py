@@ -1,13 +1,19 @@
 """Fails CI when the build is not what this machine can build: the compiled kernels must load,
-and when csrc/cuda sources exist and torch has CUDA, every op must have a CUDA kernel."""
+and when csrc/cuda sources exist and torch has CUDA, every op must have a CUDA kernel and every
+CUDA source device code for sm_90 (the H100 / H200) and for each architecture of the build's
+arch list (read from the library's .nv_fatbin section: no GPU or cuobjdump needed)."""
 
+import importlib
 import pathlib
 import sys
 
 import torch
 
 import skelmae_ext
+from fatbin import describe, device_code
 from skelmae_ext import _extension
+
+REQUIRED_CUBIN = 90
 
 OPS = [
     "masked_graph_conv",
@@ -15,6 +21,37 @@ OPS = [
     "cosine_reconstruction_loss",
     "cosine_reconstruction_loss_backward",
 ]
+
+
+def expected_code(arch_list):
+    """(cubin, PTX) architecture numbers of a TORCH_CUDA_ARCH_LIST such as "8.0;9.0+PTX"."""
+    cubins, ptx = set(), set()
+    for item in arch_list.replace(" ", ";").split(";"):
+        if item:
+            number = int("".join(ch for ch in item.split("+")[0] if ch.isdigit()))
+            cubins.add(number)
+            if item.endswith("+PTX"):
+                ptx.add(number)
+    return cubins | {REQUIRED_CUBIN}, ptx
+
+
+def check_device_code(cuda_sources):
+    from skelmae_ext import _build_info
+
+    library = importlib.import_module("skelmae_ext._C").__file__
+    entries = device_code(library)
+    cubins, ptx = expected_code(_build_info.CUDA_ARCH_LIST)
+    containers = sorted({e.container for e in entries})
+    if len(containers) < len(cuda_sources):
+        sys.exit(f"{library}: {len(containers)} fat binaries for {len(cuda_sources)} CUDA sources")
+    for container in containers:
+        found = {(e.kind, e.arch) for e in entries if e.container == container}
+        missing = [f"sm_{a} cubin" for a in sorted(cubins) if ("ELF", a) not in found]
+        missing += [f"compute_{a} PTX" for a in sorted(ptx) if ("PTX", a) not in found]
+        if missing:
+            sys.exit(f"{library}: fat binary {container} lacks {', '.join(missing)}")
+    print(f"device code ({_build_info.CUDA_ARCH_LIST}): {describe(entries)}")
+
 
 status = skelmae_ext.EXTENSION
 if not status.loaded:
@@ -31,6 +68,7 @@ if cuda_sources and torch.version.cuda:
     if missing_cuda:
         sys.exit(f"ops without a CUDA kernel: {missing_cuda}")
     print(f"CUDA kernels registered for {len(OPS)} ops")
+    check_device_code(cuda_sources)
 else:
     print(f"no CUDA build expected (CUDA sources: {len(cuda_sources)}, torch CUDA: {torch.version.cuda})")
 print(f"CPU kernels registered for {len(OPS)} ops; torch {torch.__version__}")

@@ -1,4 +1,4 @@
-"""Benchmark helpers: providers, result checks and derived figures (pytest-benchmark)."""
+"""Benchmark helpers: devices, providers, result checks and derived figures (pytest-benchmark)."""
 
 import threading
 import time
@@ -10,6 +10,10 @@ import skelmae_reference
 from skelmae_ext import ops
 
 COPY_ELEMENTS = 16384 * 17 * 64 * 2  # float32: a 142 MB tensor, larger than any cache
+
+
+# The CPU always; the GPU where one is visible.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def providers(device="cpu"):
@@ -37,26 +41,43 @@ def assert_matches(result, expected, what, scale=None):
                                    msg=lambda m: f"{what}: {m}")
 
 
-def measure_copy_bandwidth(rounds=10):
+def measure_copy_bandwidth(device="cpu", rounds=10):
     """GB/s of a warm copy of a 142 MB tensor: the memory bandwidth this run can reach."""
-    source = torch.randn(COPY_ELEMENTS)
+    source = torch.randn(COPY_ELEMENTS, device=device)
     destination = torch.empty_like(source)
     destination.copy_(source)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(rounds):
         destination.copy_(source)
+    synchronize(device)
     return 2 * source.numel() * 4 * rounds / (time.perf_counter() - start) / 1e9
 
 
 @pytest.fixture(scope="session")
 def copy_bandwidth():
-    return measure_copy_bandwidth()
+    """copy_bandwidth(device): the copy GB/s of that device, measured once per run."""
+    measured = {}
+
+    def of(device):
+        if device not in measured:
+            measured[device] = measure_copy_bandwidth(device)
+        return measured[device]
+
+    return of
 
 
-def record(benchmark, bytes_moved=None, copy_gbps=None, **info):
-    """Adds derived figures to extra_info: GB/s (from the median) and its fraction of the
-    copy bandwidth measured in this run, when bytes_moved is given."""
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def record(benchmark, bytes_moved=None, copy_gbps=None, device="cpu", **info):
+    """Adds derived figures to extra_info: the device, GB/s (from the median) and its fraction
+    of the copy bandwidth measured in this run, when bytes_moved is given."""
     benchmark.extra_info.update(info)
+    if device == "cuda":
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
     if bytes_moved is not None:
         gbps = bytes_moved / benchmark.stats.stats.median / 1e9
         benchmark.extra_info.update({"bytes_moved": bytes_moved, "GB/s": round(gbps, 2)})
@@ -65,8 +86,15 @@ def record(benchmark, bytes_moved=None, copy_gbps=None, **info):
             benchmark.extra_info["fraction_of_copy"] = round(gbps / copy_gbps, 3)
 
 
-def run(benchmark, step, rounds):
-    return benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=5)
+def run(benchmark, step, rounds, device="cpu"):
+    """Times step; on the GPU each round waits for the kernels to finish."""
+
+    def timed():
+        result = step()
+        synchronize(device)
+        return result
+
+    return benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=5)
 
 
 @pytest.fixture(scope="session")

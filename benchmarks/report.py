@@ -82,8 +82,10 @@ def main():
     parser.add_argument("--png", help="also write a bar chart of the speedups here")
     args = parser.parse_args()
     machine, groups = load_groups(args.json_file)
-    cpu = machine.get("cpu", {})
-    print(f"Machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} cores\n")
+    print(f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} cores\n")
+    gpus = {b["extra_info"]["device"] for rows in groups.values() for b in rows.values() if "device" in b["extra_info"]}
+    if gpus:
+        print(f"GPU: {', '.join(sorted(gpus))}\n")
     print(markdown(groups))
     if args.png:
         bar_chart(groups, args.png)

@@ -7,7 +7,7 @@
 import pytest
 import torch
 
-from conftest import COPY_ELEMENTS, assert_matches, op_for, providers, record, run
+from conftest import COPY_ELEMENTS, DEVICES, assert_matches, op_for, providers, record, run
 
 COCO_EDGES = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5), (10, 8),
               (8, 6), (5, 0), (6, 0), (1, 0), (3, 1), (2, 0), (4, 2)]
@@ -36,14 +36,14 @@ def shape_params(quick, full):
     return [pytest.param(s, marks=pytest.mark.quick) for s in quick] + [s for s in full if s not in quick]
 
 
-def graph_conv_inputs(graphs, joints, channels):
+def graph_conv_inputs(graphs, joints, channels, device):
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(graphs, joints, channels, generator=generator, requires_grad=True)
-    token = torch.randn(channels, generator=generator, requires_grad=True)
+    x = torch.randn(graphs, joints, channels, generator=generator).to(device).requires_grad_()
+    token = torch.randn(channels, generator=generator).to(device).requires_grad_()
     mask = torch.zeros(graphs, joints, dtype=torch.bool)
     mask[:, RIGHT_ARM_AND_LEG[joints]] = True
     grad_output = torch.randn(graphs, joints, channels, generator=generator)
-    return x, mask, token, adjacency(joints), grad_output
+    return x, mask.to(device), token, adjacency(joints).to(device), grad_output.to(device)
 
 
 def graph_conv_step(conv, inputs, mode):
@@ -59,19 +59,28 @@ def graph_conv_step(conv, inputs, mode):
     return step
 
 
+def device_providers():
+    return [pytest.param(d, p, id=f"{d}-{p}") for d in DEVICES for p in providers(d)]
+
+
+def on(device):
+    """Group name suffix: CPU groups keep their names."""
+    return "" if device == "cpu" else f" on {device}"
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", providers())
+@pytest.mark.parametrize("device,provider", device_providers())
 @pytest.mark.parametrize("shape", shape_params(QUICK_GRAPH_SHAPES, GRAPH_SHAPES), ids=lambda s: "G%d-V%d-C%d" % s)
-def test_masked_graph_conv(benchmark, rounds, copy_bandwidth, shape, provider, mode):
-    benchmark.group = f"masked_graph_conv {mode} G={shape[0]} V={shape[1]} C={shape[2]}"
-    inputs = graph_conv_inputs(*shape)
+def test_masked_graph_conv(benchmark, rounds, copy_bandwidth, shape, device, provider, mode):
+    benchmark.group = f"masked_graph_conv {mode} G={shape[0]} V={shape[1]} C={shape[2]}{on(device)}"
+    inputs = graph_conv_inputs(*shape, device)
     step = graph_conv_step(op_for(provider, "masked_graph_conv"), inputs, mode)
     expected = graph_conv_step(op_for("reference", "masked_graph_conv"), inputs, mode)()
     assert_matches(step(), expected, provider)
-    run(benchmark, step, rounds)
+    run(benchmark, step, rounds, device)
     elements = shape[0] * shape[1] * shape[2]
     # forward reads x and writes y; backward reads dy and writes dx (4 bytes each, float32)
-    record(benchmark, (2 if mode == "forward" else 4) * elements * 4, copy_bandwidth, provider=provider)
+    record(benchmark, (2 if mode == "forward" else 4) * elements * 4, copy_bandwidth(device), device, provider=provider)
 
 
 # Rows of the loss: the masked joints' features of G graphs, [G * V, C]; 278,528 = 16384 x 17.
@@ -91,28 +100,29 @@ def loss_step(loss_fn, pred, target, mask, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", providers())
+@pytest.mark.parametrize("device,provider", device_providers())
 @pytest.mark.parametrize("shape", shape_params(QUICK_LOSS_SHAPES, LOSS_SHAPES), ids=lambda s: "R%d-C%d" % s)
-def test_cosine_reconstruction_loss(benchmark, rounds, copy_bandwidth, shape, provider, mode):
-    benchmark.group = f"cosine_reconstruction_loss {mode} rows={shape[0]} C={shape[1]}"
+def test_cosine_reconstruction_loss(benchmark, rounds, copy_bandwidth, shape, device, provider, mode):
+    benchmark.group = f"cosine_reconstruction_loss {mode} rows={shape[0]} C={shape[1]}{on(device)}"
     generator = torch.Generator().manual_seed(1)
-    pred = torch.randn(*shape, generator=generator, requires_grad=True)
-    target = torch.randn(*shape, generator=generator)
-    mask = torch.rand(shape[0], generator=generator) < 0.25
+    pred = torch.randn(*shape, generator=generator).to(device).requires_grad_()
+    target = torch.randn(*shape, generator=generator).to(device)
+    mask = (torch.rand(shape[0], generator=generator) < 0.25).to(device)
     step = loss_step(op_for(provider, "cosine_reconstruction_loss"), pred, target, mask, mode)
     expected = loss_step(op_for("reference", "cosine_reconstruction_loss"), pred, target, mask, mode)()
     assert_matches(step(), expected, provider)
-    run(benchmark, step, rounds)
+    run(benchmark, step, rounds, device)
     elements = shape[0] * shape[1]
     # forward reads pred and target; the backward pass writes, reads and writes dpred once more
-    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, copy_bandwidth, provider=provider)
+    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, copy_bandwidth(device), device, provider=provider)
 
 
 @pytest.mark.quick
-def test_copy_bandwidth(benchmark, rounds):
-    """The machine's memory bandwidth in this run: a warm copy of a 142 MB tensor."""
-    benchmark.group = "memory bandwidth"
-    source = torch.randn(COPY_ELEMENTS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy_bandwidth(benchmark, rounds, device):
+    """The device's memory bandwidth in this run: a warm copy of a 142 MB tensor."""
+    benchmark.group = f"memory bandwidth{on(device)}"
+    source = torch.randn(COPY_ELEMENTS, device=device)
     destination = torch.empty_like(source)
-    run(benchmark, lambda: destination.copy_(source), rounds)
-    record(benchmark, 2 * source.numel() * 4, provider="copy")
+    run(benchmark, lambda: destination.copy_(source), rounds, device)
+    record(benchmark, 2 * source.numel() * 4, device=device, provider="copy")

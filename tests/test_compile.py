@@ -5,7 +5,7 @@ import torch
 
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, seeded, tracing_context
+from conftest import DEVICE_BACKENDS, DEVICES, compiled_backends, seeded, tracing_context
 from skeletons import adjacency, make_mask
 
 
@@ -32,7 +32,9 @@ GPU_TRITON = pytest.param(
     torch.device("cuda"), "triton", id="cuda-triton",
     marks=[pytest.mark.triton, pytest.mark.skip(reason="needs a CUDA GPU (the interpreter case keeps the ops opaque)")],
 )
-CASES = DEVICE_BACKENDS + ([] if "triton" in ops.available_backends("cuda") else [GPU_TRITON])
+# "auto" also traces the backend choice (which asks about the CUDA kernels).
+AUTO = [pytest.param(d, "auto", id=f"{d.type}-auto") for d in DEVICES if compiled_backends(d)]
+CASES = DEVICE_BACKENDS + AUTO + ([] if "triton" in ops.available_backends("cuda") else [GPU_TRITON])
 
 
 @pytest.mark.parametrize("device,backend", CASES)

@@ -37,6 +37,13 @@ def test_every_op_has_a_cpu_kernel(name):
     assert _extension.has_kernel(name, "CPU")
 
 
+@pytest.mark.skipif(not ops.EXTENSION.built_with_cuda, reason="built without the CUDA kernels")
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_op_has_a_cuda_kernel(name):
+    # No GPU needed: the build registers the kernels for the CUDA key.
+    assert _extension.has_kernel(name, "CUDA")
+
+
 def _graph_conv_samples(device):
     generator = torch.Generator().manual_seed(0)
     for requires_grad in (False, True):

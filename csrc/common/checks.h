@@ -34,6 +34,11 @@ inline void check_graph_conv_args(const at::Tensor& x, const std::optional<at::T
   }
 }
 
+inline void check_graph_conv_backward_args(const at::Tensor& grad_output, const at::Tensor& x) {
+  TORCH_CHECK(grad_output.sizes() == x.sizes(), "masked_graph_conv_backward: grad_output shape ",
+              grad_output.sizes(), " differs from x shape ", x.sizes());
+}
+
 inline void check_cosine_loss_args(const at::Tensor& pred, const at::Tensor& target,
                                    const std::optional<at::Tensor>& mask, double beta) {
   TORCH_CHECK(pred.dim() == 2, "cosine_reconstruction_loss: pred must be [R, C], got shape ",
@@ -50,6 +55,25 @@ inline void check_cosine_loss_args(const at::Tensor& pred, const at::Tensor& tar
                 "cosine_reconstruction_loss: mask must be bool [", pred.size(0), "], got ",
                 mask->scalar_type(), " ", mask->sizes());
   }
+}
+
+// Checks a saved gradient [R, C] of the loss and grad_output (0-d, or [R] for reduction "none");
+// returns whether grad_output has one value per row.
+inline bool check_loss_backward_args(const at::Tensor& grad_output, const at::Tensor& gradient) {
+  TORCH_CHECK(gradient.dim() == 2, "cosine_reconstruction_loss_backward: saved gradient must be 2-D");
+  const bool per_row = grad_output.dim() == 1;
+  TORCH_CHECK(grad_output.numel() == (per_row ? gradient.size(0) : 1),
+              "cosine_reconstruction_loss_backward: grad_output must be 0-d or [", gradient.size(0),
+              "], got ", grad_output.sizes());
+  return per_row;
+}
+
+// The CUDA kernels read every tensor argument on one device (the dispatcher only guarantees
+// that one of them is a CUDA tensor).
+inline void check_device(const char* op, const char* name, const at::Tensor& tensor,
+                         const at::Device& device) {
+  TORCH_CHECK(tensor.device() == device, op, ": ", name, " must be on ", device, ", got ",
+              tensor.device());
 }
 
 enum class Reduction { kNone, kMean, kSum };

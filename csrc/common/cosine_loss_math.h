@@ -46,6 +46,13 @@ SKELMAE_HD Acc power(Acc base, Acc exponent) {
   return pow_acc(base, exponent);
 }
 
+// Weight of a row that counts: 1 / max(counted, 1) for "mean" (counted = rows with mask set),
+// 1 for "sum" and "none".
+template <typename Acc>
+SKELMAE_HD Acc counted_row_weight(bool mean, int64_t counted) {
+  return mean ? Acc(1) / static_cast<Acc>(counted > 1 ? counted : 1) : Acc(1);
+}
+
 template <typename Acc>
 struct CosineRowTerms {
   Acc loss;

@@ -70,8 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "cosine_loss_cpu", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const Acc beta_acc = static_cast<Acc>(beta);
-    const Acc row_weight =
-        reduction == Reduction::kMean ? Acc(1) / static_cast<Acc>(std::max<int64_t>(counted, 1)) : Acc(1);
+    const Acc row_weight = counted_row_weight<Acc>(reduction == Reduction::kMean, counted);
     const scalar_t* pred_data = pred.data_ptr<scalar_t>();
     const scalar_t* target_data = target.data_ptr<scalar_t>();
     scalar_t* loss_rows = reduction == Reduction::kNone ? loss.data_ptr<scalar_t>() : nullptr;
@@ -115,13 +114,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
 // grad_output in place (no host round trip is needed on the CPU either).
 at::Tensor scale_rows(const at::Tensor& grad_output, const at::Tensor& gradient_in, bool needed) {
   if (!needed) return gradient_in.new_empty({0});
+  const bool per_row = check_loss_backward_args(grad_output, gradient_in);
   const at::Tensor gradient = gradient_in.contiguous();
-  TORCH_CHECK(gradient.dim() == 2, "cosine_reconstruction_loss_backward: saved gradient must be 2-D");
   const int64_t rows = gradient.size(0), channels = gradient.size(1);
-  const bool per_row = grad_output.dim() == 1;
-  TORCH_CHECK(grad_output.numel() == (per_row ? rows : 1),
-              "cosine_reconstruction_loss_backward: grad_output must be 0-d or [", rows, "], got ",
-              grad_output.sizes());
   const at::Tensor scale = grad_output.contiguous().to(gradient.scalar_type());
   at::Tensor out = new_output(gradient);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gradient.scalar_type(), "cosine_loss_backward_cpu", [&] {

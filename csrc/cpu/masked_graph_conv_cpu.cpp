@@ -78,10 +78,10 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& 
         const scalar_t* graph = x_data + g * graph_size;
         const bool* graph_mask = mask_ptr ? mask_ptr + g * joints : nullptr;
         for (int32_t v = 0; v < joints; ++v) {
+          scalar_t* y_row = y_data + g * graph_size + v * channels;
           for_each_channel_tile(channels, [&](auto width, int64_t c0) {
-            graph_conv_forward_tile<decltype(width)::value>(y_data + g * graph_size, graph,
-                                                            graph_mask, token_data, table, v,
-                                                            channels, self_weight, c0);
+            graph_conv_forward_tile<decltype(width)::value>(y_row, graph, channels, graph_mask,
+                                                            token_data, table, v, self_weight, c0);
           });
         }
       }
@@ -95,8 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& token_in, const at::Tensor& adjacency, const at::Tensor& eps,
     std::array<bool, 3> output_mask) {
   check_graph_conv_args(x_in, mask_in, token_in, adjacency, eps);
-  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes(), "masked_graph_conv_backward: grad_output shape ",
-              grad_y_in.sizes(), " differs from x shape ", x_in.sizes());
+  check_graph_conv_backward_args(grad_y_in, x_in);
   const auto [need_x, need_token, need_eps] = output_mask;
   const at::Tensor grad_y = grad_y_in.contiguous().to(x_in.scalar_type());
   const at::Tensor x = x_in.contiguous();
@@ -134,11 +133,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
           const int64_t offset = g * graph_size;
           const bool* graph_mask = mask_ptr ? mask_ptr + g * joints : nullptr;
           for (int32_t v = 0; v < joints; ++v) {
+            const int64_t row = offset + v * channels;
             for_each_channel_tile(channels, [&](auto width, int64_t c0) {
               graph_conv_backward_tile<decltype(width)::value>(
-                  grad_x_data ? grad_x_data + offset : nullptr, token_sum + c0,
-                  need_eps ? eps_lanes : nullptr, grad_y_data + offset, x_data + offset,
-                  graph_mask, token_data, reversed, v, channels, self_weight, c0);
+                  grad_x_data ? grad_x_data + row : nullptr, token_sum + c0,
+                  need_eps ? eps_lanes : nullptr, grad_y_data + offset, channels, x_data + row,
+                  graph_mask, token_data, reversed, v, self_weight, c0);
             });
           }
         }
