@@ -1,6 +1,7 @@
 """Benchmark helpers: devices, providers, result checks and derived figures (pytest-benchmark)."""
 
-import threading
+import ctypes
+import gc
 import time
 
 import pytest
@@ -104,20 +105,20 @@ def rounds(request):
 
 class PeakMemory:
     """Peak memory of the work inside the block: max_memory_allocated on CUDA; on the CPU, the
-    resident set size sampled every 0.5 ms, above its value at entry."""
+    peak resident set size (Linux VmHWM, reset on entry after returning freed heap memory to
+    the system) above the resident size at entry."""
 
     def __init__(self, device):
         self.device = torch.device(device)
         self.peak_bytes = 0
 
-    def _rss(self):
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * 4096
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._max = max(self._max, self._rss())
-            time.sleep(0.0005)
+    @staticmethod
+    def _status(field):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"/proc/self/status has no {field}")
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -125,10 +126,11 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
         else:
-            self._start = self._max = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            gc.collect()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets VmHWM to the current resident size
+            self._start = self._status("VmRSS")
         return self
 
     def __exit__(self, *exc):
@@ -136,6 +138,4 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self._max, self._rss()) - self._start
+            self.peak_bytes = self._status("VmHWM") - self._start
