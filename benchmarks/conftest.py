@@ -87,7 +87,7 @@ def record(benchmark, bytes_moved=None, copy_gbps=None, device="cpu", **info):
             benchmark.extra_info["fraction_of_copy"] = round(gbps / copy_gbps, 3)
 
 
-def run(benchmark, step, rounds, device="cpu"):
+def run(benchmark, step, rounds, device="cpu", warmup_rounds=5):
     """Times step; on the GPU each round waits for the kernels to finish."""
 
     def timed():
@@ -95,7 +95,7 @@ def run(benchmark, step, rounds, device="cpu"):
         synchronize(device)
         return result
 
-    return benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=5)
+    return benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,8 @@ def benchmark_step(benchmark, rounds, setup, n, provider):
     step()  # compile, warm caches
     with PeakMemory("cpu") as memory:
         step()
-    run(benchmark, step, rounds)
+    # A step takes up to seconds at N = 128: fewer rounds keep the full suite within minutes.
+    run(benchmark, step, min(rounds, 5), warmup_rounds=1)
     record(benchmark, provider=provider, batch=n,
            samples_per_s=round(n / benchmark.stats.stats.median, 1),
            peak_memory_MB=round(memory.peak_bytes / 2**20, 1))
