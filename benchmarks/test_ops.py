@@ -9,20 +9,11 @@ import torch
 
 from conftest import COPY_ELEMENTS, DEVICES, assert_matches, op_for, providers, record, run
 
-COCO_EDGES = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5), (10, 8),
-              (8, 6), (5, 0), (6, 0), (1, 0), (3, 1), (2, 0), (4, 2)]
-NTU_EDGES = [(0, 1), (1, 20), (2, 20), (3, 2), (4, 20), (5, 4), (6, 5), (7, 6), (8, 20), (9, 8),
-             (10, 9), (11, 10), (12, 0), (13, 12), (14, 13), (15, 14), (16, 0), (17, 16),
-             (18, 17), (19, 18), (21, 7), (22, 7), (23, 11), (24, 11)]
-RIGHT_ARM_AND_LEG = {17: [8, 10, 14, 16], 25: [8, 9, 10, 11, 23, 24, 16, 17, 18, 19]}
+from skelmae_ext import get_layout
+
 MODES = ["forward", "forward+backward"]
-
-
-def adjacency(joints):
-    matrix = torch.zeros(joints, joints)
-    for i, j in COCO_EDGES if joints == 17 else NTU_EDGES:
-        matrix[i, j] = matrix[j, i] = 1
-    return matrix
+LAYOUTS = {17: get_layout("coco"), 25: get_layout("nturgb+d")}
+RIGHT_ARM_AND_LEG = (3, 5)  # part indices: the paper's best masking
 
 
 # (G, V, C): G = N x M x T for N in {16, 128}, M = 2, T = 64. The first is the acceptance shape.
@@ -40,10 +31,10 @@ def graph_conv_inputs(graphs, joints, channels, device):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(graphs, joints, channels, generator=generator).to(device).requires_grad_()
     token = torch.randn(channels, generator=generator).to(device).requires_grad_()
-    mask = torch.zeros(graphs, joints, dtype=torch.bool)
-    mask[:, RIGHT_ARM_AND_LEG[joints]] = True
+    layout = LAYOUTS[joints]
+    mask = layout.part_membership()[list(RIGHT_ARM_AND_LEG)].any(0).expand(graphs, joints).contiguous()
     grad_output = torch.randn(graphs, joints, channels, generator=generator)
-    return x, mask.to(device), token, adjacency(joints).to(device), grad_output.to(device)
+    return x, mask.to(device), token, layout.adjacency().to(device), grad_output.to(device)
 
 
 def graph_conv_step(conv, inputs, mode):

@@ -7,6 +7,8 @@ import torch
 
 from skelmae_ext import layouts
 
+import skeletons
+
 BUILTIN = ["coco", "nturgb+d", "openpose", "bandai2", "msr_action3d"]
 
 
@@ -29,6 +31,13 @@ def test_builtin_partition_is_six_disjoint_parts_covering_every_joint(name):
     membership = layout.part_membership()
     assert membership.shape == (6, layout.num_joints)
     assert torch.equal(membership.sum(0), torch.ones(layout.num_joints, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["coco", "openpose", "nturgb+d"])
+def test_standard_layouts_have_pyskl_edges(name):
+    # tests/skeletons.py holds PYSKL's edge lists, written out independently of the library.
+    layout = layouts.get_layout(name)
+    assert sorted(layout.edges) == sorted(skeletons.EDGES[layout.num_joints])
 
 
 def test_coco_partition_is_the_papers():

@@ -33,8 +33,6 @@ SKELMAE_HD void accumulate_row_products_tile(Acc* dot, Acc* pred_sq, Acc* target
   }
 }
 
-// Loss of one row and the coefficients of its gradient:
-//   dl/dp = cross * t + pred_self * p,  dl/dt = cross * p + target_self * t.
 // base ^ exponent; the usual exponents (beta = 1, 2, 3 and beta - 1) by multiplication, since a
 // libm pow call costs more than the rest of a 64-channel row.
 template <typename Acc>
@@ -53,6 +51,8 @@ SKELMAE_HD Acc counted_row_weight(bool mean, int64_t counted) {
   return mean ? Acc(1) / static_cast<Acc>(counted > 1 ? counted : 1) : Acc(1);
 }
 
+// Loss of one row and the coefficients of its gradient:
+//   dl/dp = cross * t + pred_self * p,  dl/dt = cross * p + target_self * t.
 template <typename Acc>
 struct CosineRowTerms {
   Acc loss;
