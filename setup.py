@@ -121,7 +121,9 @@ def _extension():
 
     os.environ.setdefault("MAX_JOBS", str(_default_max_jobs()))
     limited_api = ["-DPy_LIMITED_API=0x030A0000"]
-    cxx_flags = opt + _openmp_flags() + limited_api
+    # -fno-trapping-math: nothing reads floating-point exception flags, and without it GCC
+    # will not turn the selects of PReLU into vector blends (a branch per element instead).
+    cxx_flags = opt + ["-fno-trapping-math"] + _openmp_flags() + limited_api
     common = dict(
         name="skelmae_ext._C",
         include_dirs=[str(ROOT / "csrc")],

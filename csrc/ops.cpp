@@ -3,10 +3,29 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// An empty module: importing skelmae_ext._C runs the static TORCH_LIBRARY registrations below.
+#include "cpu/output_buffers.h"
+
+// Importing skelmae_ext._C runs the static TORCH_LIBRARY registrations below; the module's own
+// functions manage the CPU kernels' output cache (cpu/output_buffers.h).
+namespace {
+
+PyObject* cpu_cache_bytes(PyObject*, PyObject*) { return PyLong_FromSize_t(skelmae::cached_output_bytes()); }
+
+PyObject* empty_cpu_cache(PyObject*, PyObject*) {
+  skelmae::release_cached_outputs();
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"cpu_cache_bytes", cpu_cache_bytes, METH_NOARGS, "Bytes of idle buffers in the CPU output cache."},
+    {"empty_cpu_cache", empty_cpu_cache, METH_NOARGS, "Frees the idle buffers of the CPU output cache."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -28,4 +47,16 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_backward(Tensor grad_output, Tensor grad_pred, "
       "Tensor grad_target, bool[2] output_mask) -> (Tensor, Tensor)");
+  // (y, mean, var): BatchNorm over the rows of x [R, C] then PReLU. With mean and var given
+  // (running statistics) they are used and returned; without, the batch mean and biased
+  // variance are computed and returned (in float32, float64 for float64 x).
+  m.def(
+      "batch_norm_prelu(Tensor x, Tensor weight, Tensor bias, Tensor prelu_weight, Tensor? mean, "
+      "Tensor? var, float eps) -> (Tensor, Tensor, Tensor)");
+  // (grad_x, grad_weight, grad_bias, grad_prelu_weight); batch_stats: mean and var are x's own,
+  // so grad_x includes their dependence on x. Empty where output_mask is false.
+  m.def(
+      "batch_norm_prelu_backward(Tensor grad_output, Tensor x, Tensor weight, Tensor bias, "
+      "Tensor prelu_weight, Tensor mean, Tensor var, float eps, bool batch_stats, bool[4] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }

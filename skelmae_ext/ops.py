@@ -163,6 +163,20 @@ def _check_loss_inputs(pred, target, mask, beta, reduction):
         _fail(op, "reduction", f"one of {REDUCTIONS}", repr(reduction))
 
 
+def _check_batch_norm_prelu_inputs(x, norm, activation):
+    op = "batch_norm_prelu"
+    _check_float_tensor(op, "x", x)
+    if x.dim() != 2:
+        _fail(op, "x", "of shape [R, C] (2 dims)", f"shape {tuple(x.shape)}")
+    if not isinstance(norm, torch.nn.BatchNorm1d) or norm.num_features != x.shape[1]:
+        _fail(op, "norm", f"an nn.BatchNorm1d over C={x.shape[1]} features", repr(norm))
+    if not isinstance(activation, torch.nn.PReLU) or activation.weight.numel() not in (1, x.shape[1]):
+        _fail(op, "activation", f"an nn.PReLU with 1 or C={x.shape[1]} parameters", repr(activation))
+    if norm.training and x.shape[0] < 2:
+        _fail(op, "x", "of more than 1 row per channel when training", f"shape {tuple(x.shape)}")
+    _check_same_device(op, "x", x, norm=norm.weight, activation=activation.weight)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public ops
 
@@ -227,6 +241,55 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
         output_mask,
     )
     return loss.reshape(pred.shape[:-1]) if reduction == "none" else loss
+
+
+def batch_norm_prelu(x, norm, activation, *, backend="auto"):
+    """``activation(norm(x))`` for an ``nn.BatchNorm1d`` over the rows of ``x`` [R, C] and the
+    ``nn.PReLU`` after it (the tail of every GIN encoding layer), fused: two passes over x each
+    way instead of five, and only x kept for the backward. Updates ``norm``'s running
+    statistics and ``num_batches_tracked`` as ``norm(x)`` does.
+
+    The fused kernel is a CPU kernel (for an affine BatchNorm with a set momentum); elsewhere,
+    and on backend="reference", this is the two PyTorch modules. Gradients flow to x, the
+    BatchNorm's weight and bias and the PReLU's weight.
+    """
+    _check_batch_norm_prelu_inputs(x, norm, activation)
+    chosen = resolve_backend(backend, x.device, "batch_norm_prelu")
+    if chosen != "cpu" or not norm.affine or norm.momentum is None:
+        return skelmae_reference.batch_norm_prelu(x, norm, activation)
+    batch_stats = norm.training or norm.running_mean is None
+    y, mean, var = torch.ops.skelmae_ext.batch_norm_prelu(
+        x, norm.weight, norm.bias, activation.weight,
+        None if batch_stats else norm.running_mean, None if batch_stats else norm.running_var, norm.eps)
+    if norm.training and norm.running_mean is not None:
+        with torch.no_grad():  # as F.batch_norm: the unbiased variance goes into the running one
+            norm.num_batches_tracked.add_(1)
+            norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), norm.momentum)
+            unbiased = var * (x.shape[0] / (x.shape[0] - 1))
+            norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), norm.momentum)
+    return y
+
+
+def cpu_cache_bytes():
+    """Bytes of idle buffers held by the CPU kernels' output cache (0 without the kernels).
+
+    Outputs of 1 MiB and more reuse freed buffers of the same size, whose pages are already
+    resident: a training step asks for the same sizes every iteration, and first-touch page
+    faults cost more than the kernels. The cache holds at most SKELMAE_CPU_CACHE_MB (read at
+    the first large output; default 2048, 0 turns it off)."""
+    return _extension_module().cpu_cache_bytes() if EXTENSION.loaded else 0
+
+
+def empty_cpu_cache():
+    """Frees the idle buffers of the CPU kernels' output cache (like torch.cuda.empty_cache)."""
+    if EXTENSION.loaded:
+        _extension_module().empty_cpu_cache()
+
+
+def _extension_module():
+    import skelmae_ext._C as extension
+
+    return extension
 
 
 def _op(name, backend):
@@ -333,6 +396,35 @@ def _loss_backward_fake(grad_output, grad_pred, grad_target, output_mask):
     )
 
 
+def _batch_norm_prelu_fake(x, weight, bias, prelu_weight, mean, var, eps):
+    channels, stats_dtype = x.shape[1], _accumulate_dtype(x.dtype)
+    return x.new_empty(x.shape), x.new_empty(channels, dtype=stats_dtype), x.new_empty(channels, dtype=stats_dtype)
+
+
+def _batch_norm_prelu_backward_fake(grad_output, x, weight, bias, prelu_weight, mean, var, eps, batch_stats,
+                                    output_mask):
+    inputs = (x, weight, bias, prelu_weight)
+    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip(inputs, output_mask))
+
+
+def _batch_norm_prelu_setup_context(ctx, inputs, output):
+    x, weight, bias, prelu_weight, given_mean, _, ctx.eps = inputs
+    ctx.batch_stats = given_mean is None  # the statistics are x's own: dx depends on them
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, weight, bias, prelu_weight, mean, var)
+
+
+def _batch_norm_prelu_backward(ctx, grad_y, _unused_grad_mean, _unused_grad_var):
+    needed = list(ctx.needs_input_grad[:4])
+    if grad_y is None:
+        return (None,) * 7
+    grads = torch.ops.skelmae_ext.batch_norm_prelu_backward(
+        grad_y, *ctx.saved_tensors, ctx.eps, ctx.batch_stats, needed)
+    return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 3
+
+
 def _register(backend):
     """Fake kernels and autograd of the ops serving a compiled backend: the C++ ops (one set
     for "cpu" and "cuda") or their Triton twins ("triton")."""
@@ -355,6 +447,12 @@ def _register(backend):
 
 if EXTENSION.loaded:
     _register("cpu")
+    # CPU only: on a GPU, cuDNN's BatchNorm and PReLU run (see batch_norm_prelu).
+    torch.library.register_fake("skelmae_ext::batch_norm_prelu")(_batch_norm_prelu_fake)
+    torch.library.register_fake("skelmae_ext::batch_norm_prelu_backward")(_batch_norm_prelu_backward_fake)
+    torch.library.register_autograd(
+        "skelmae_ext::batch_norm_prelu", _batch_norm_prelu_backward, setup_context=_batch_norm_prelu_setup_context
+    )
 
 if TRITON.loaded:
     # triton_op (not custom_op) lets torch.compile see and schedule the kernels themselves; the

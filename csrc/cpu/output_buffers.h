@@ -1,40 +1,29 @@
-// Output allocation for the CPU kernels.
+// Output allocation for the CPU kernels: a cache of large buffers.
 //
-// A large CPU tensor is a fresh mmap whose pages fault in one 4 KiB page at a time on first
-// touch: for the tens of MB a batch of skeleton graphs takes, the faults cost several times the
-// kernel itself. Asking for transparent huge pages on the buffer (Linux, THP in "madvise" or
-// "always" mode) cuts that cost about fivefold. Only our own fresh outputs are advised.
+// A large CPU tensor from PyTorch's allocator is often fresh memory whose pages fault in one
+// 4 KiB page at a time on first touch: for the tens of MB a batch of skeleton graphs takes,
+// the faults cost several times the kernel itself, and a training step repeats the same sizes
+// every iteration. So the outputs of at least kCachedBytes come from a cache: a freed buffer is
+// kept (up to SKELMAE_CPU_CACHE_MB in all, default 2048; 0 turns the cache off) and handed to
+// the next output of the same size, its pages already resident. New buffers of 4 MiB and more
+// are 2 MiB aligned and advised as transparent huge pages (Linux), which cuts the first-touch
+// cost about fivefold.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+#include <cstddef>
 
 namespace skelmae {
 
-inline void advise_huge_pages(const at::Tensor& buffer) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(1) << 21;
-  const auto begin = reinterpret_cast<uintptr_t>(buffer.data_ptr());
-  const uintptr_t end = begin + buffer.nbytes();
-  const uintptr_t aligned_begin = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t aligned_end = end & ~(kHugePage - 1);
-  if (aligned_end >= aligned_begin + 2 * kHugePage) {
-    // Advisory only: failure (THP disabled) leaves ordinary pages.
-    madvise(reinterpret_cast<void*>(aligned_begin), aligned_end - aligned_begin, MADV_HUGEPAGE);
-  }
-#endif
-}
-
 // An uninitialised contiguous tensor of `like`'s shape and options, or an empty one when
 // `needed` is false (an output the caller did not ask for).
-inline at::Tensor new_output(const at::Tensor& like, bool needed = true) {
-  if (!needed) return like.new_empty({0});
-  at::Tensor out = at::empty_like(like, at::MemoryFormat::Contiguous);
-  advise_huge_pages(out);
-  return out;
-}
+at::Tensor new_output(const at::Tensor& like, bool needed = true);
+
+// Bytes held by the cache in buffers no tensor uses.
+size_t cached_output_bytes();
+
+// Frees the buffers no tensor uses.
+void release_cached_outputs();
 
 }  // namespace skelmae

@@ -7,11 +7,11 @@ skelmae_ext's models are its drop-in, faster twins.
 
 from .layouts import BUILTIN_LAYOUTS, PART_NAMES, Layout, get_layout, layout_from_dict
 from .models import GINEncoder, GINLayer, SkeletonEncoder, SkeletonMAE, SkeletonMAEOutput
-from .ops import cosine_reconstruction_loss, masked_graph_conv
+from .ops import batch_norm_prelu, cosine_reconstruction_loss, masked_graph_conv
 from .strl import STRL, SSLClassifier
 
 __all__ = [
     "BUILTIN_LAYOUTS", "PART_NAMES", "Layout", "get_layout", "layout_from_dict",
     "GINEncoder", "GINLayer", "SkeletonEncoder", "SkeletonMAE", "SkeletonMAEOutput",
-    "cosine_reconstruction_loss", "masked_graph_conv", "STRL", "SSLClassifier",
+    "batch_norm_prelu", "cosine_reconstruction_loss", "masked_graph_conv", "STRL", "SSLClassifier",
 ]

@@ -30,6 +30,7 @@ class ReferenceOps:
 
     masked_graph_conv = staticmethod(reference_ops.masked_graph_conv)
     cosine_reconstruction_loss = staticmethod(reference_ops.cosine_reconstruction_loss)
+    batch_norm_prelu = staticmethod(reference_ops.batch_norm_prelu)
 
 
 def reference_ops_for(backend):
@@ -56,15 +57,18 @@ class GINLayer(nn.Module):
             self.post = nn.Sequential(nn.BatchNorm1d(out_dim), nn.PReLU())
         else:
             self.mlp = nn.Linear(in_dim, out_dim)
-            self.post = nn.Identity()
 
     def forward(self, h, mask=None, token=None):
         graphs, joints, channels = h.shape
         if token is None:
             token = h.new_zeros(channels)
         aggregated = self.ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps)
-        out = self.post(self.mlp(aggregated.reshape(graphs * joints, channels)))
-        return out.reshape(graphs, joints, -1)
+        rows = aggregated.reshape(graphs * joints, channels)
+        if isinstance(self.mlp, nn.Linear):  # the decoding layer
+            return self.mlp(rows).reshape(graphs, joints, -1)
+        first, norm, activation, second = self.mlp
+        out = second(self.ops.batch_norm_prelu(first(rows), norm, activation))
+        return self.ops.batch_norm_prelu(out, *self.post).reshape(graphs, joints, -1)
 
 
 class GINEncoder(nn.Module):
@@ -197,6 +201,11 @@ class SkeletonMAE(nn.Module):
         masked = max(1, round(self.mask_ratio * joints))
         return torch.rand(graphs, joints, device=device).argsort(1).argsort(1) < masked
 
+    def decode(self, hidden, mask):
+        """[G, V, D] encoder output -> [G, V, C_out] reconstruction; the decoder's GIN layer
+        re-masks (its token is zero)."""
+        return self.decoder(self.encoder_to_decoder(hidden), mask)
+
     def forward(self, x):
         """x: [N, M, T, V, C] -> SkeletonMAEOutput(loss, reconstruction, mask)."""
         check_skeleton_input(x, self.layout, self.in_channels, type(self).__name__)
@@ -205,7 +214,7 @@ class SkeletonMAE(nn.Module):
         not_padding = graphs.abs().sum(dim=(1, 2)) > 0  # all-zero persons / frames are padding
         mask = self.sample_mask(graphs.shape[0], x.device) & not_padding[:, None]
         hidden = self.encoder(graphs, mask, self.mask_token)
-        reconstruction = self.decoder(self.encoder_to_decoder(hidden), mask)  # re-mask: token 0
+        reconstruction = self.decode(hidden, mask)
         if self.target == "input":
             target = graphs
         else:

@@ -45,3 +45,9 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     if reduction == "sum":
         return total
     return total / mask.sum().clamp_min(1)
+
+
+def batch_norm_prelu(x, norm, activation):
+    """PReLU after BatchNorm over the rows of x [R, C], as in every GIN encoding layer:
+    ``activation(norm(x))`` for an ``nn.BatchNorm1d`` and an ``nn.PReLU``."""
+    return activation(norm(x))
