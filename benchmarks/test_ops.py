@@ -7,7 +7,7 @@
 import pytest
 import torch
 
-from conftest import COPY_ELEMENTS, DEVICES, assert_matches, op_for, providers, record, run
+from conftest import COPY_ELEMENTS, COPY_GBPS, DEVICES, assert_matches, op_for, providers, record, run
 
 from skelmae_ext import get_layout
 
@@ -62,7 +62,7 @@ def on(device):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device,provider", device_providers())
 @pytest.mark.parametrize("shape", shape_params(QUICK_GRAPH_SHAPES, GRAPH_SHAPES), ids=lambda s: "G%d-V%d-C%d" % s)
-def test_masked_graph_conv(benchmark, rounds, copy_bandwidth, shape, device, provider, mode):
+def test_masked_graph_conv(benchmark, rounds, shape, device, provider, mode):
     benchmark.group = f"masked_graph_conv {mode} G={shape[0]} V={shape[1]} C={shape[2]}{on(device)}"
     inputs = graph_conv_inputs(*shape, device)
     step = graph_conv_step(op_for(provider, "masked_graph_conv"), inputs, mode)
@@ -71,7 +71,7 @@ def test_masked_graph_conv(benchmark, rounds, copy_bandwidth, shape, device, pro
     run(benchmark, step, rounds, device)
     elements = shape[0] * shape[1] * shape[2]
     # forward reads x and writes y; backward reads dy and writes dx (4 bytes each, float32)
-    record(benchmark, (2 if mode == "forward" else 4) * elements * 4, copy_bandwidth(device), device, provider=provider)
+    record(benchmark, (2 if mode == "forward" else 4) * elements * 4, device, provider=provider)
 
 
 # Rows of the loss: the masked joints' features of G graphs, [G * V, C]; 278,528 = 16384 x 17.
@@ -93,7 +93,7 @@ def loss_step(loss_fn, pred, target, mask, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device,provider", device_providers())
 @pytest.mark.parametrize("shape", shape_params(QUICK_LOSS_SHAPES, LOSS_SHAPES), ids=lambda s: "R%d-C%d" % s)
-def test_cosine_reconstruction_loss(benchmark, rounds, copy_bandwidth, shape, device, provider, mode):
+def test_cosine_reconstruction_loss(benchmark, rounds, shape, device, provider, mode):
     benchmark.group = f"cosine_reconstruction_loss {mode} rows={shape[0]} C={shape[1]}{on(device)}"
     generator = torch.Generator().manual_seed(1)
     pred = torch.randn(*shape, generator=generator).to(device).requires_grad_()
@@ -105,15 +105,16 @@ def test_cosine_reconstruction_loss(benchmark, rounds, copy_bandwidth, shape, de
     run(benchmark, step, rounds, device)
     elements = shape[0] * shape[1]
     # forward reads pred and target; the backward pass writes, reads and writes dpred once more
-    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, copy_bandwidth(device), device, provider=provider)
+    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, device, provider=provider)
 
 
 @pytest.mark.quick
 @pytest.mark.parametrize("device", DEVICES)
 def test_copy_bandwidth(benchmark, rounds, device):
-    """The device's memory bandwidth in this run: a warm copy of a 142 MB tensor."""
+    """The device's memory bandwidth in this run: a warm copy of a 142 MB tensor. It runs first
+    (conftest), and every op benchmark's fraction_of_copy divides by it."""
     benchmark.group = f"memory bandwidth{on(device)}"
     source = torch.randn(COPY_ELEMENTS, device=device)
     destination = torch.empty_like(source)
     run(benchmark, lambda: destination.copy_(source), rounds, device)
-    record(benchmark, 2 * source.numel() * 4, device=device, provider="copy")
+    COPY_GBPS[device] = record(benchmark, 2 * source.numel() * 4, device=device, provider="copy")

@@ -166,15 +166,19 @@ def _check_loss_inputs(pred, target, mask, beta, reduction):
 def _check_batch_norm_prelu_inputs(x, norm, activation):
     op = "batch_norm_prelu"
     _check_float_tensor(op, "x", x)
-    if x.dim() != 2:
-        _fail(op, "x", "of shape [R, C] (2 dims)", f"shape {tuple(x.shape)}")
-    if not isinstance(norm, torch.nn.BatchNorm1d) or norm.num_features != x.shape[1]:
-        _fail(op, "norm", f"an nn.BatchNorm1d over C={x.shape[1]} features", repr(norm))
-    if not isinstance(activation, torch.nn.PReLU) or activation.weight.numel() not in (1, x.shape[1]):
-        _fail(op, "activation", f"an nn.PReLU with 1 or C={x.shape[1]} parameters", repr(activation))
-    if norm.training and x.shape[0] < 2:
-        _fail(op, "x", "of more than 1 row per channel when training", f"shape {tuple(x.shape)}")
-    _check_same_device(op, "x", x, norm=norm.weight, activation=activation.weight)
+    if x.dim() not in (2, 4):
+        _fail(op, "x", "of shape [R, C] or [B, C, H, W] (2 or 4 dims)", f"shape {tuple(x.shape)}")
+    norm_class = torch.nn.BatchNorm1d if x.dim() == 2 else torch.nn.BatchNorm2d
+    if not isinstance(norm, norm_class) or norm.num_features != x.shape[1]:
+        _fail(op, "norm", f"an nn.{norm_class.__name__} over C={x.shape[1]} features (x is {x.dim()}-d)", repr(norm))
+    prelu = isinstance(activation, torch.nn.PReLU)
+    if not (activation is None or isinstance(activation, torch.nn.ReLU) or prelu) or (
+            prelu and activation.weight.numel() not in (1, x.shape[1])):
+        _fail(op, "activation", f"None, an nn.ReLU or an nn.PReLU with 1 or C={x.shape[1]} parameters",
+              repr(activation))
+    if norm.training and x.numel() // max(x.shape[1], 1) < 2:
+        _fail(op, "x", "of more than 1 value per channel when training", f"shape {tuple(x.shape)}")
+    _check_same_device(op, "x", x, norm=norm.weight, activation=activation.weight if prelu else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,31 +247,59 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     return loss.reshape(pred.shape[:-1]) if reduction == "none" else loss
 
 
-def batch_norm_prelu(x, norm, activation, *, backend="auto"):
-    """``activation(norm(x))`` for an ``nn.BatchNorm1d`` over the rows of ``x`` [R, C] and the
-    ``nn.PReLU`` after it (the tail of every GIN encoding layer), fused: two passes over x each
-    way instead of five, and only x kept for the backward. Updates ``norm``'s running
-    statistics and ``num_batches_tracked`` as ``norm(x)`` does.
+def batch_norm_prelu(x, norm, activation=None, *, backend="auto"):
+    """``activation(norm(x))`` fused: BatchNorm then PReLU, ReLU or nothing, two passes over x
+    each way instead of five, and only x kept for the backward. The tail of every GIN encoding
+    layer and of the temporal convolutions' branches.
 
-    The fused kernel is a CPU kernel (for an affine BatchNorm with a set momentum); elsewhere,
-    and on backend="reference", this is the two PyTorch modules. Gradients flow to x, the
-    BatchNorm's weight and bias and the PReLU's weight.
+    Args:
+        x: [R, C] with an ``nn.BatchNorm1d``, or [B, C, H, W] with an ``nn.BatchNorm2d``.
+        norm: the BatchNorm; its running statistics and ``num_batches_tracked`` are updated as
+            ``norm(x)`` updates them.
+        activation: an ``nn.PReLU`` (1 or C slopes), an ``nn.ReLU``, or None.
+        backend: as for the other ops.
+
+    The fused kernel is a CPU kernel for an affine BatchNorm with a set momentum, on [R, C] or
+    on a channels-last [B, C, H, W] (what convolutions return for channels-last input);
+    elsewhere, and on backend="reference", the PyTorch modules run. Gradients flow to x, the
+    BatchNorm's weight and bias and the PReLU's slopes.
     """
     _check_batch_norm_prelu_inputs(x, norm, activation)
     chosen = resolve_backend(backend, x.device, "batch_norm_prelu")
-    if chosen != "cpu" or not norm.affine or norm.momentum is None:
+    rows = _channel_rows(x)
+    if chosen != "cpu" or rows is None or not norm.affine or norm.momentum is None:
         return skelmae_reference.batch_norm_prelu(x, norm, activation)
     batch_stats = norm.training or norm.running_mean is None
     y, mean, var = torch.ops.skelmae_ext.batch_norm_prelu(
-        x, norm.weight, norm.bias, activation.weight,
+        rows, norm.weight, norm.bias, _slopes(activation, x),
         None if batch_stats else norm.running_mean, None if batch_stats else norm.running_var, norm.eps)
     if norm.training and norm.running_mean is not None:
         with torch.no_grad():  # as F.batch_norm: the unbiased variance goes into the running one
+            count = rows.shape[0]
             norm.num_batches_tracked.add_(1)
             norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), norm.momentum)
-            unbiased = var * (x.shape[0] / (x.shape[0] - 1))
-            norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), norm.momentum)
-    return y
+            norm.running_var.lerp_((var * (count / (count - 1))).to(norm.running_var.dtype), norm.momentum)
+    if x.dim() == 2:
+        return y
+    batch, channels, height, width = x.shape
+    return y.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def _channel_rows(x):
+    """x as [R, C] rows without a copy: itself, or a channels-last [B, C, H, W] viewed as
+    [B*H*W, C]; None for other memory layouts."""
+    if x.dim() == 2:
+        return x
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return None
+
+
+def _slopes(activation, x):
+    """PReLU's slopes; ReLU is PReLU with slope 0 and no activation one with slope 1."""
+    if isinstance(activation, torch.nn.PReLU):
+        return activation.weight
+    return x.new_full((1,), 0.0 if isinstance(activation, torch.nn.ReLU) else 1.0)
 
 
 def cpu_cache_bytes():

@@ -154,16 +154,58 @@ def test_unfused_cases_run_the_modules():
     assert torch.equal(norm.running_var, expected_norm.running_var)
 
 
+def run_4d(x, norm, activation, grad_output, backend):
+    y = ops.batch_norm_prelu(x, norm, activation, backend=backend)
+    return [y, *torch.autograd.grad(y, [x, norm.weight, norm.bias], grad_output)]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("activation", [torch.nn.ReLU(), None], ids=["relu", "none"])
+def test_batch_norm_2d_on_channels_last(training, activation):
+    """The temporal convolutions' BatchNorm2d (+ ReLU) on the channels-last maps they get."""
+    generator = seeded(6)
+    x = (torch.randn(3, 16, 10, 7, generator=generator, dtype=torch.float64) * 2 + 1)
+    grad_output = torch.randn(3, 16, 10, 7, generator=generator, dtype=torch.float64)
+    norm = torch.nn.BatchNorm2d(16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16, generator=generator))
+        norm.bias.copy_(torch.randn(16, generator=generator))
+        norm.running_mean.copy_(torch.randn(16, generator=generator))
+    norm.train(training)
+    exact_norm = copy.deepcopy(norm).double()
+    exact = [t.detach() for t in run_4d(x.clone().requires_grad_(), exact_norm, activation, grad_output, "reference")]
+    x32 = x.float().contiguous(memory_format=torch.channels_last).requires_grad_()
+    modules_norm, fused_norm = copy.deepcopy(norm), copy.deepcopy(norm)
+    modules = run_4d(x32, modules_norm, activation, grad_output.float(), "reference")
+    got = run_4d(x32, fused_norm, activation, grad_output.float(), "cpu")
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert_no_worse_than_the_modules(got, modules, exact, 1e-6)
+    torch.testing.assert_close(fused_norm.running_var, exact_norm.running_var.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_other_memory_layouts_run_the_modules():
+    x = torch.randn(2, 4, 5, 3, requires_grad=True)  # NCHW-contiguous: no [R, C] view
+    norm, expected_norm = torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
+    got = ops.batch_norm_prelu(x, norm, torch.nn.ReLU(), backend="cpu")
+    assert torch.equal(got, torch.relu(expected_norm(x)))
+    assert torch.equal(norm.running_var, expected_norm.running_var)
+
+
 BAD = {
-    "rank": (lambda: torch.randn(4, 3, 2), torch.nn.BatchNorm1d(3), torch.nn.PReLU(), r"x must be of shape \[R, C\]"),
+    "rank": (lambda: torch.randn(4, 3, 2), torch.nn.BatchNorm1d(3), torch.nn.PReLU(),
+             r"x must be of shape \[R, C\] or \[B, C, H, W\]"),
+    "norm kind": (lambda: torch.randn(2, 3, 4, 5), torch.nn.BatchNorm1d(3), None,
+                  r"norm must be an nn.BatchNorm2d over C=3 features \(x is 4-d\)"),
+    "activation kind": (lambda: torch.randn(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Tanh(),
+                        r"activation must be None, an nn.ReLU or an nn.PReLU"),
     "dtype": (lambda: torch.ones(4, 3, dtype=torch.long), torch.nn.BatchNorm1d(3), torch.nn.PReLU(),
               r"x must be a floating-point tensor"),
     "features": (lambda: torch.randn(4, 5), torch.nn.BatchNorm1d(3), torch.nn.PReLU(),
                  r"norm must be an nn.BatchNorm1d over C=5 features"),
     "slopes": (lambda: torch.randn(4, 3), torch.nn.BatchNorm1d(3), torch.nn.PReLU(2),
-               r"activation must be an nn.PReLU with 1 or C=3 parameters"),
+               r"activation must be None, an nn.ReLU or an nn.PReLU with 1 or C=3 parameters"),
     "one row": (lambda: torch.randn(1, 3), torch.nn.BatchNorm1d(3), torch.nn.PReLU(),
-                r"x must be of more than 1 row per channel when training, got shape \(1, 3\)"),
+                r"x must be of more than 1 value per channel when training, got shape \(1, 3\)"),
 }
 
 

@@ -47,7 +47,9 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     return total / mask.sum().clamp_min(1)
 
 
-def batch_norm_prelu(x, norm, activation):
-    """PReLU after BatchNorm over the rows of x [R, C], as in every GIN encoding layer:
-    ``activation(norm(x))`` for an ``nn.BatchNorm1d`` and an ``nn.PReLU``."""
-    return activation(norm(x))
+def batch_norm_prelu(x, norm, activation=None):
+    """``activation(norm(x))``: BatchNorm (an ``nn.BatchNorm1d`` over the rows of x [R, C], or an
+    ``nn.BatchNorm2d`` over [B, C, H, W]) then an ``nn.PReLU``, an ``nn.ReLU`` or nothing (None),
+    as in the GIN layers and the temporal convolutions."""
+    y = norm(x)
+    return y if activation is None else activation(y)

@@ -16,14 +16,16 @@ import torch
 from torch import nn
 
 from .layouts import get_layout
-from .models import GINEncoder, check_skeleton_input, reference_ops_for
+from .models import GINEncoder, ReferenceOps, check_skeleton_input, reference_ops_for
 
 
 class MultiScaleTemporalConv(nn.Module):
-    """CTR-GCN's multi-scale temporal module on [B, D, T, V], plus a residual and ReLU."""
+    """CTR-GCN's multi-scale temporal module on [B, D, T, V], plus a residual and ReLU. Each
+    BatchNorm, with the ReLU after it, runs through ``ops.batch_norm_prelu``."""
 
-    def __init__(self, dim, kernel_size=5, dilations=(1, 2)):
+    def __init__(self, dim, kernel_size=5, dilations=(1, 2), ops=None):
         super().__init__()
+        self.ops = ops if ops is not None else ReferenceOps()
         branches = len(dilations) + 2
         if dim % branches:
             raise ValueError(f"embed_dim must be divisible by {branches} (temporal branches), got {dim}")
@@ -43,7 +45,21 @@ class MultiScaleTemporalConv(nn.Module):
         )
 
     def forward(self, x):
-        return torch.relu(torch.cat([branch(x) for branch in self.branches], dim=1) + x)
+        return torch.relu(torch.cat([self._run(branch, x) for branch in self.branches], dim=1) + x)
+
+    def _run(self, branch, x):
+        layers = list(branch)
+        i = 0
+        while i < len(layers):
+            if isinstance(layers[i], nn.BatchNorm2d):
+                after = layers[i + 1] if i + 1 < len(layers) else None
+                activation = after if isinstance(after, nn.ReLU) else None
+                x = self.ops.batch_norm_prelu(x, layers[i], activation)
+                i += 1 if activation is None else 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
 
 
 class STRLLayer(nn.Module):
@@ -52,7 +68,7 @@ class STRLLayer(nn.Module):
         self.encoder = GINEncoder(dim, num_layers, adjacency, ops, learn_eps)  # a copy of G_E
         self.residual = nn.Linear(dim, dim)  # the 1x1 convolution around spatial modelling
         self.update = nn.Linear(dim, dim)  # W of Eq. 4
-        self.temporal = MultiScaleTemporalConv(dim)
+        self.temporal = MultiScaleTemporalConv(dim, ops=ops)
 
     def forward(self, h):
         n, m, t, v, d = h.shape
