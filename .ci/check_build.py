@@ -21,8 +21,9 @@ OPS = [
     "cosine_reconstruction_loss",
     "cosine_reconstruction_loss_backward",
 ]
-# CPU only: on a GPU the models run cuDNN's BatchNorm and PReLU.
-CPU_OPS = OPS + ["batch_norm_prelu", "batch_norm_prelu_backward"]
+# CPU only: on a GPU the models run cuDNN's BatchNorm and PReLU, and the loss's gradient comes
+# from its forward.
+CPU_OPS = OPS + ["batch_norm_prelu", "batch_norm_prelu_backward", "cosine_reconstruction_loss_grad"]
 
 
 def expected_code(arch_list):

@@ -47,6 +47,11 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_backward(Tensor grad_output, Tensor grad_pred, "
       "Tensor grad_target, bool[2] output_mask) -> (Tensor, Tensor)");
+  // (grad_pred, grad_target): grad_output times the loss's gradients, computed from the inputs
+  // (for a forward that ran with output_mask all false); empty where output_mask is false.
+  m.def(
+      "cosine_reconstruction_loss_grad(Tensor grad_output, Tensor pred, Tensor target, Tensor? mask, "
+      "float beta, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
   // (y, mean, var): BatchNorm over the rows of x [R, C] then PReLU. With mean and var given
   // (running statistics) they are used and returned; without, the batch mean and biased
   // variance are computed and returned (in float32, float64 for float64 x).

@@ -235,7 +235,11 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     if chosen == "reference":
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
     channels = pred.shape[-1]
-    output_mask = [_needs_grad(pred), _needs_grad(target)]
+    # On a GPU the forward writes the gradients too and the backward only scales them. On the
+    # CPU the forward computes the loss alone, reading only the rows the mask counts, and the
+    # backward computes the gradients from the inputs (cosine_reconstruction_loss_grad): two
+    # fewer [R, C] passes, and none over the rows the mask leaves out.
+    output_mask = [False, False] if chosen == "cpu" else [_needs_grad(pred), _needs_grad(target)]
     loss, _, _ = _op("cosine_reconstruction_loss", chosen)(
         pred.reshape(-1, channels),
         target.reshape(-1, channels),
@@ -387,28 +391,43 @@ def _loss_fake(pred, target, mask, beta, reduction, output_mask):
 
 
 def _loss_setup_context(ctx, inputs, output):
-    ctx.output_mask = tuple(inputs[5])
+    pred, target, mask, ctx.beta, ctx.reduction, output_mask = inputs
+    ctx.output_mask = tuple(output_mask)
+    # A forward that computed no gradient leaves them to the backward, from the inputs.
+    ctx.recompute = not any(output_mask)
     _, grad_pred, grad_target = output
     ctx.mark_non_differentiable(grad_pred, grad_target)
     # Otherwise autograd passes [R, C] zeros as the "gradients" of those two outputs.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(grad_pred, grad_target)
+    ctx.save_for_backward(*((pred, target, mask) if ctx.recompute else (grad_pred, grad_target)))
 
 
-def _loss_backward_with(backward_op):
+def _loss_backward_with(backward_op, grad_op=None):
+    """The loss's autograd formula: the forward's gradients scaled by grad_output (backward_op,
+    read as a tensor: no host sync), or, where the forward computed none, grad_op from the
+    inputs (the C++ ops on the CPU)."""
+
     def backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
-        # The forward wrote d(loss)/d(input) for grad_output = 1 into fresh buffers; the backward
-        # op scales them by grad_output read as a tensor (no host sync, saved buffers untouched).
-        needed = ctx.needs_input_grad[:2]
+        needed = list(ctx.needs_input_grad[:2])
         if grad_loss is None:  # grads are not materialised (see _loss_setup_context)
             return None, None, None, None, None, None
-        for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask):
-            if need and not computed:
+        if ctx.recompute:
+            pred, target, mask = ctx.saved_tensors
+            if grad_op is None or not has_kernel("cosine_reconstruction_loss_grad", pred.device.type.upper()):
                 raise RuntimeError(
-                    f"cosine_reconstruction_loss: {name} needs a gradient but the forward ran with "
-                    f"output_mask={list(ctx.output_mask)}; call skelmae_ext.ops.cosine_reconstruction_loss"
+                    f"cosine_reconstruction_loss: the forward ran with output_mask={list(ctx.output_mask)} and "
+                    f"no kernel computes the gradients from the inputs on {pred.device}; call "
+                    f"skelmae_ext.ops.cosine_reconstruction_loss"
                 )
-        grad_pred, grad_target = backward_op(grad_loss, *ctx.saved_tensors, list(needed))
+            grad_pred, grad_target = grad_op(grad_loss, pred, target, mask, ctx.beta, ctx.reduction, needed)
+        else:
+            for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask):
+                if need and not computed:
+                    raise RuntimeError(
+                        f"cosine_reconstruction_loss: {name} needs a gradient but the forward ran with "
+                        f"output_mask={list(ctx.output_mask)}; call skelmae_ext.ops.cosine_reconstruction_loss"
+                    )
+            grad_pred, grad_target = backward_op(grad_loss, *ctx.saved_tensors, needed)
         return (
             grad_pred if needed[0] else None,
             grad_target if needed[1] else None,
@@ -426,6 +445,10 @@ def _loss_backward_fake(grad_output, grad_pred, grad_target, output_mask):
         grad_pred.new_empty(grad_pred.shape if output_mask[0] else (0,)),
         grad_target.new_empty(grad_target.shape if output_mask[1] else (0,)),
     )
+
+
+def _loss_grad_fake(grad_output, pred, target, mask, beta, reduction, output_mask):
+    return _loss_backward_fake(grad_output, pred, target, output_mask)
 
 
 def _batch_norm_prelu_fake(x, weight, bias, prelu_weight, mean, var, eps):
@@ -472,8 +495,13 @@ def _register(backend):
     torch.library.register_autograd(
         graph_conv.default, _graph_conv_backward_with(graph_conv_backward), setup_context=_graph_conv_setup_context
     )
+    # The C++ ops also compute the loss's gradients from the inputs (a CPU kernel): see
+    # cosine_reconstruction_loss.
+    grad_op = torch.ops.skelmae_ext.cosine_reconstruction_loss_grad if backend == "cpu" else None
+    if grad_op is not None:
+        torch.library.register_fake(grad_op.default)(_loss_grad_fake)
     torch.library.register_autograd(
-        loss.default, _loss_backward_with(loss_backward), setup_context=_loss_setup_context
+        loss.default, _loss_backward_with(loss_backward, grad_op), setup_context=_loss_setup_context
     )
 
 

@@ -182,3 +182,25 @@ def test_low_precision_error_within_twice_reference(device, backend, dtype):
         ours_error = (o.double() - e).abs().max()
         reference_error = (t.double() - e).abs().max()
         assert ours_error <= 2 * reference_error + 1e-3 * e.abs().max()
+
+
+def _direct(inputs, output_mask, reduction, scale=1.7):
+    """The C++ op called directly with `output_mask`, differentiated by its autograd formula."""
+    pred, target, mask, grad_output = inputs
+    loss, _, _ = torch.ops.skelmae_ext.cosine_reconstruction_loss(
+        pred, target, mask, 2.0, reduction, output_mask)
+    upstream = grad_output if reduction == "none" else torch.full_like(loss, scale)
+    return [loss] + list(torch.autograd.grad(loss, [pred, target], upstream))
+
+
+@pytest.mark.skipif(not ops.EXTENSION.loaded, reason="compiled kernels not built")
+@pytest.mark.parametrize("mask_kind", ["none", "partial"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_both_cpu_gradient_routes(mask_kind, reduction):
+    """The C++ op's autograd: gradients written by the forward and scaled (output_mask true, the
+    GPU route), or computed from the inputs by cosine_reconstruction_loss_grad (output_mask
+    false, the CPU route of the public op)."""
+    inputs = make_inputs((500, 64), mask_kind, "cpu")
+    expected = run_exact(inputs, reduction=reduction)
+    for output_mask in ([True, True], [False, False]):
+        assert_all_close(_direct(inputs, output_mask, reduction), expected)

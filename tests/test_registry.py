@@ -20,7 +20,7 @@ OP_NAMES = [
     "cosine_reconstruction_loss",
     "cosine_reconstruction_loss_backward",
 ]
-CPU_ONLY_OP_NAMES = ["batch_norm_prelu", "batch_norm_prelu_backward"]
+CPU_ONLY_OP_NAMES = ["batch_norm_prelu", "batch_norm_prelu_backward", "cosine_reconstruction_loss_grad"]
 
 
 def test_compiled_kernels_are_loaded():
@@ -89,6 +89,18 @@ def test_opcheck_loss(device, backend):
         grad_output = torch.randn(12 if reduction == "none" else (), device=device)
         backward_args = (grad_output, pred.detach(), target.detach(), needs)
         _opcheck("cosine_reconstruction_loss_backward", backend, backward_args)
+
+
+def test_opcheck_loss_gradient_from_inputs():
+    """The CPU route: a forward that computes no gradient, cosine_reconstruction_loss_grad in
+    the backward."""
+    for pred, target, mask, beta, reduction, _ in _loss_samples(torch.device("cpu")):
+        pred.requires_grad_(), target.requires_grad_()
+        _opcheck("cosine_reconstruction_loss", "cpu", (pred, target, mask, beta, reduction, [False, False]))
+        grad_output = torch.randn(12 if reduction == "none" else ())
+        for needs in ([True, False], [True, True]):
+            args = (grad_output, pred.detach(), target.detach(), mask, beta, reduction, needs)
+            _opcheck("cosine_reconstruction_loss_grad", "cpu", args)
 
 
 def test_auto_picks_the_compiled_cpu_kernels():
