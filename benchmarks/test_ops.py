@@ -104,8 +104,10 @@ def test_cosine_reconstruction_loss(benchmark, rounds, shape, device, provider, 
     assert_matches(step(), expected, provider)
     run(benchmark, step, rounds, device)
     elements = shape[0] * shape[1]
-    # forward reads pred and target; the backward pass writes, reads and writes dpred once more
-    record(benchmark, (2 if mode == "forward" else 5) * elements * 4, device, provider=provider)
+    # Nominal traffic, the same for every provider: pred and target read, and dpred written in
+    # forward+backward. A provider that skips the rows the mask leaves out moves less (its
+    # "GB/s" is then effective, and can pass the copy bandwidth).
+    record(benchmark, (2 if mode == "forward" else 3) * elements * 4, device, provider=provider)
 
 
 @pytest.mark.quick
