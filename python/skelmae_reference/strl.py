@@ -70,12 +70,17 @@ class STRLLayer(nn.Module):
         self.update = nn.Linear(dim, dim)  # W of Eq. 4
         self.temporal = MultiScaleTemporalConv(dim, ops=ops)
 
+    def spatial_update(self, h, interaction):
+        """Eq. 3 and 4: ReLU(W (H + Repeat(interaction) + R H)); the interaction [N, T, D] is
+        repeated over persons and joints."""
+        modelled = h + interaction[:, None, :, None, :]
+        return torch.relu(self.update(modelled + self.residual(h)))
+
     def forward(self, h):
         n, m, t, v, d = h.shape
         spatial = self.encoder(h.reshape(n * m * t, v, d)).reshape(n, m, t, v, d)
         interaction = spatial.sum(dim=3).sum(dim=1)  # sum over joints, then over persons
-        modelled = h + interaction[:, None, :, None, :]
-        h = torch.relu(self.update(modelled + self.residual(h)))
+        h = self.spatial_update(h, interaction)
         h = self.temporal(h.reshape(n * m, t, v, d).permute(0, 3, 1, 2))  # [B, D, T, V]
         return h.permute(0, 2, 3, 1).reshape(n, m, t, v, d)
 
@@ -85,6 +90,7 @@ class STRL(nn.Module):
     ``backend`` is ignored here (plain PyTorch); kept so both twins take the same arguments."""
 
     make_ops = staticmethod(reference_ops_for)
+    layer_class = STRLLayer
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3, num_frames=64,
                  num_strl_layers=3, learn_eps=False, backend="auto"):
@@ -95,7 +101,7 @@ class STRL(nn.Module):
         self.position = nn.Parameter(torch.zeros(num_frames, embed_dim))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.layers = nn.ModuleList(
-            [STRLLayer(embed_dim, num_layers, adjacency, ops, learn_eps) for _ in range(num_strl_layers)]
+            [self.layer_class(embed_dim, num_layers, adjacency, ops, learn_eps) for _ in range(num_strl_layers)]
         )
 
     def forward(self, x):
