@@ -3,6 +3,9 @@
 The fused kernel is a CPU kernel; other devices run the modules themselves."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -189,6 +192,30 @@ def test_other_memory_layouts_run_the_modules():
     got = ops.batch_norm_prelu(x, norm, torch.nn.ReLU(), backend="cpu")
     assert torch.equal(got, torch.relu(expected_norm(x)))
     assert torch.equal(norm.running_var, expected_norm.running_var)
+
+
+BASELINE_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import test_batch_norm_prelu as t
+x, grad_output = t.inputs(1000, 64)
+norm, activation = t.make_modules(64, 1)
+torch.save([r.detach() for r in t.run(x, norm, activation, grad_output, "cpu")], sys.argv[2])
+"""
+
+
+def test_baseline_and_avx2_builds_of_the_loops_agree(tmp_path):
+    """The loops run as AVX2 + FMA copies where the CPU has them; SKELMAE_CPU_BASELINE=1 keeps
+    the baseline ones (what CPUs without AVX2 run). Both give the same results to rounding."""
+    path = tmp_path / "baseline.pt"
+    env = dict(os.environ, SKELMAE_CPU_BASELINE="1")
+    subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, os.path.dirname(__file__), str(path)], env=env,
+                   check=True, cwd=tmp_path)
+    x, grad_output = inputs(1000, 64)
+    norm, activation = make_modules(64, 1)
+    here = run(x, norm, activation, grad_output, "cpu")
+    for a, b in zip(here, torch.load(path)):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
 BAD = {

@@ -22,6 +22,7 @@
 
 #include "../common/batch_norm_prelu_math.h"
 #include "channel_tiles.h"
+#include "cpu_isa.h"
 #include "output_buffers.h"
 
 namespace skelmae {
@@ -56,7 +57,7 @@ template <typename scalar_t, typename Acc>
 void batch_moments(const scalar_t* x, int64_t rows, int64_t channels, Acc* mean_out, Acc* var_out) {
   const int64_t chunks = num_chunks(rows, kRowsPerChunk);
   std::vector<Acc> chunk_mean(chunks * channels), chunk_m2(chunks * channels);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  const auto moments = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t r0 = chunk * kRowsPerChunk, r1 = std::min(rows, r0 + kRowsPerChunk);
       Acc* mean = chunk_mean.data() + chunk * channels;
@@ -74,7 +75,8 @@ void batch_moments(const scalar_t* x, int64_t rows, int64_t channels, Acc* mean_
         }
       }
     }
-  });
+  };
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) { run_rows(moments, begin, end); });
   for (int64_t c = 0; c < channels; ++c) {
     double count = 0, mean = 0, m2 = 0;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -98,7 +100,7 @@ int64_t row_grain(int64_t channels) { return std::max<int64_t>(1, 16384 / std::m
 
 // The loops over one row take restrict pointers: no aliasing to rule out, so they vectorise.
 template <typename scalar_t, typename Acc>
-void forward_row(const scalar_t* __restrict x, scalar_t* __restrict y, const Acc* __restrict k,
+SKELMAE_INLINE_BODY inline void forward_row(const scalar_t* __restrict x, scalar_t* __restrict y, const Acc* __restrict k,
                  const Acc* __restrict b, const Acc* __restrict w, int64_t channels) {
   for (int64_t c = 0; c < channels; ++c) y[c] = static_cast<scalar_t>(prelu(static_cast<Acc>(x[c]) * k[c] + b[c], w[c]));
 }
@@ -137,17 +139,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
       b[c] = affine.b;
     }
     scalar_t* y_data = y.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(channels), [&](int64_t begin, int64_t end) {
+    const auto apply = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
       for (int64_t r = begin; r < end; ++r) {
         forward_row(x_data + r * channels, y_data + r * channels, k.data(), b.data(), w.data(), channels);
       }
-    });
+    };
+    at::parallel_for(0, rows, row_grain(channels), [&](int64_t begin, int64_t end) { run_rows(apply, begin, end); });
   });
   return {y, mean, var};
 }
 
 template <typename scalar_t, typename Acc>
-void backward_sums_row(const scalar_t* __restrict x, const scalar_t* __restrict dy, const Acc* __restrict mean,
+SKELMAE_INLINE_BODY inline void backward_sums_row(const scalar_t* __restrict x, const scalar_t* __restrict dy, const Acc* __restrict mean,
                        const Acc* __restrict invstd, const Acc* __restrict k, const Acc* __restrict b,
                        const Acc* __restrict w, Acc* __restrict sum_g, Acc* __restrict sum_g_normalized,
                        Acc* __restrict sum_slope, int64_t channels) {
@@ -162,7 +165,7 @@ void backward_sums_row(const scalar_t* __restrict x, const scalar_t* __restrict 
 }
 
 template <typename scalar_t, typename Acc>
-void input_grad_row(const scalar_t* __restrict x, const scalar_t* __restrict dy, scalar_t* __restrict dx,
+SKELMAE_INLINE_BODY inline void input_grad_row(const scalar_t* __restrict x, const scalar_t* __restrict dy, scalar_t* __restrict dx,
                     const Acc* __restrict mean, const Acc* __restrict invstd, const Acc* __restrict k,
                     const Acc* __restrict b, const Acc* __restrict w, const Acc* __restrict mean_g,
                     const Acc* __restrict mean_g_normalized, int64_t channels) {
@@ -181,7 +184,7 @@ std::vector<double> backward_sums(const scalar_t* x, const scalar_t* dy, int64_t
                                   const Acc* w) {
   const int64_t chunks = num_chunks(rows, kRowsPerChunk);
   std::vector<Acc> partials(chunks * 3 * channels);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  const auto sums = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       Acc* sum_g = partials.data() + chunk * 3 * channels;
       Acc* sum_g_normalized = sum_g + channels;
@@ -192,7 +195,8 @@ std::vector<double> backward_sums(const scalar_t* x, const scalar_t* dy, int64_t
                           sum_slope, channels);
       }
     }
-  });
+  };
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) { run_rows(sums, begin, end); });
   std::vector<double> total(3 * channels, 0.0);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     for (int64_t i = 0; i < 3 * channels; ++i) total[i] += partials[chunk * 3 * channels + i];
@@ -252,13 +256,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
       }
     }
     scalar_t* dx_data = grad_x.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(channels), [&](int64_t begin, int64_t end) {
+    const auto input_grad = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t offset = r * channels;
         input_grad_row(x_data + offset, dy_data + offset, dx_data + offset, m.data(), invstd.data(), k.data(),
                        b.data(), w.data(), mean_g.data(), mean_g_normalized.data(), channels);
       }
-    });
+    };
+    at::parallel_for(0, rows, row_grain(channels), [&](int64_t begin, int64_t end) { run_rows(input_grad, begin, end); });
   });
   return {grad_x, grad_weight, grad_bias, grad_slope};
 }

@@ -26,6 +26,7 @@
 #include "../common/checks.h"
 #include "../common/cosine_loss_math.h"
 #include "channel_tiles.h"
+#include "cpu_isa.h"
 #include "output_buffers.h"
 
 #if defined(__SSE2__)
@@ -39,7 +40,7 @@ constexpr int64_t kRowsPerChunk = 512;
 
 // Loss of one row; writes weight * gradient where the output pointers are not null.
 template <typename T, typename Acc>
-Acc cosine_row(const T* pred, const T* target, int64_t channels, Acc beta, Acc weight,
+SKELMAE_INLINE_BODY inline Acc cosine_row(const T* pred, const T* target, int64_t channels, Acc beta, Acc weight,
                T* grad_pred, T* grad_target) {
   Acc dot[kCpuTile] = {}, pred_sq[kCpuTile] = {}, target_sq[kCpuTile] = {};
   for_each_channel_tile(channels, [&](auto width, int64_t c0) {
@@ -166,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
     const int64_t chunks = num_chunks(rows, kRowsPerChunk);
     std::vector<double> loss_partials(static_cast<size_t>(chunks), 0.0);  // long sums in double
 
-    at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    const auto loss_chunks = [&](int64_t chunk_begin, int64_t chunk_end) SKELMAE_INLINE_BODY {
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         double partial = 0.0;
         const int64_t r_end = std::min(rows, (chunk + 1) * kRowsPerChunk);
@@ -187,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
         }
         loss_partials[chunk] = partial;
       }
-    });
+    };
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) { run_rows(loss_chunks, begin, end); });
 
     if (reduction != Reduction::kNone) {
       double total = 0.0;
@@ -257,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_loss_grad_cpu(
     const scalar_t* target_data = target.data_ptr<scalar_t>();
     scalar_t* grad_pred_data = output_mask[0] ? grad_pred.data_ptr<scalar_t>() : nullptr;
     scalar_t* grad_target_data = output_mask[1] ? grad_target.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, rows, std::max<int64_t>(1, kRowsPerChunk), [&](int64_t begin, int64_t end) {
+    const auto gradient_rows = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
       // Each row's gradients are computed here (in L1), then stored.
       std::vector<scalar_t> pred_row(grad_pred_data ? channels : 0), target_row(grad_target_data ? channels : 0);
       for (int64_t r = begin; r < end; ++r) {
@@ -273,7 +275,8 @@ std::tuple<at::Tensor, at::Tensor> cosine_loss_grad_cpu(
         if (grad_target_data) store_row(grad_target_data + offset, counted_row ? target_row.data() : nullptr, channels);
       }
       finish_streaming_stores();
-    });
+    };
+    at::parallel_for(0, rows, kRowsPerChunk, [&](int64_t begin, int64_t end) { run_rows(gradient_rows, begin, end); });
   });
   return {grad_pred, grad_target};
 }
