@@ -2,6 +2,7 @@
 their contents never leak into a new result, and the cache can be emptied or turned off."""
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -70,3 +71,15 @@ def test_a_zero_limit_turns_the_cache_off():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(__file__))
     assert result.stdout.strip() == "0"
+
+
+def test_cached_outputs_save_pickle_and_share_like_any_tensor(tmp_path):
+    y = graph_conv(torch.randn(*LARGE))
+    torch.save(y, tmp_path / "y.pt")
+    assert torch.equal(torch.load(tmp_path / "y.pt"), y)
+    assert torch.equal(pickle.loads(pickle.dumps(y)), y)
+    expected = y.clone()
+    y.share_memory_()
+    assert y.is_shared() and torch.equal(y, expected)
+    with pytest.raises(RuntimeError, match="not resizable"):
+        y.resize_(y.numel() * 2)  # the one difference: the buffer cannot grow in place
