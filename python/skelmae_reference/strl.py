@@ -63,12 +63,14 @@ class MultiScaleTemporalConv(nn.Module):
 
 
 class STRLLayer(nn.Module):
+    temporal_class = MultiScaleTemporalConv
+
     def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False):
         super().__init__()
         self.encoder = GINEncoder(dim, num_layers, adjacency, ops, learn_eps)  # a copy of G_E
         self.residual = nn.Linear(dim, dim)  # the 1x1 convolution around spatial modelling
         self.update = nn.Linear(dim, dim)  # W of Eq. 4
-        self.temporal = MultiScaleTemporalConv(dim, ops=ops)
+        self.temporal = self.temporal_class(dim, ops=ops)
 
     def spatial_update(self, h, interaction):
         """Eq. 3 and 4: ReLU(W (H + Repeat(interaction) + R H)); the interaction [N, T, D] is
