@@ -33,6 +33,17 @@ class BackendOps:
     def batch_norm_prelu(self, x, norm, activation):
         return ops.batch_norm_prelu(x, norm, activation, backend=self.backend)
 
+    @staticmethod
+    def embed(x, layer):
+        # layer(x), with the weight transposed into a contiguous [C, D] matrix: PyTorch then
+        # computes the weight gradient as [C, rows] x [rows, D], which MKL ran 5x faster here
+        # (0.24 against 1.35 ms for 34816 rows) than the [D, rows] x [rows, C] product it
+        # picks for F.linear's transposed weight. The same numbers either way.
+        rows = x.reshape(-1, x.shape[-1])
+        weight = layer.weight.t().contiguous()
+        out = rows.mm(weight) if layer.bias is None else torch.addmm(layer.bias, rows, weight)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
 
 def fold(outer, inner, plus_identity=False):
     """outer @ inner (outer @ (I + inner) with plus_identity): two Linear weights folded into one,

@@ -25,12 +25,14 @@ TARGETS = ("input", "embedding")
 
 
 class ReferenceOps:
-    """The models' two hot spots as this package's plain functions (skelmae_ext's twins bind
-    its fused kernels instead). An instance, not the module, so models deepcopy and pickle."""
+    """The models' hot spots as this package's plain functions (skelmae_ext's twins bind its
+    fused kernels and faster formulations instead). An instance, not the module, so models
+    deepcopy and pickle."""
 
     masked_graph_conv = staticmethod(reference_ops.masked_graph_conv)
     cosine_reconstruction_loss = staticmethod(reference_ops.cosine_reconstruction_loss)
     batch_norm_prelu = staticmethod(reference_ops.batch_norm_prelu)
+    embed = staticmethod(reference_ops.embed)
 
 
 def reference_ops_for(backend):
@@ -93,13 +95,14 @@ class SkeletonEncoder(nn.Module):
 
     def __init__(self, in_channels, embed_dim, num_layers, adjacency, ops, learn_eps=False):
         super().__init__()
+        self.ops = ops
         self.embedding = nn.Linear(in_channels, embed_dim)
         self.gin = GINEncoder(embed_dim, num_layers, adjacency, ops, learn_eps)
 
     def forward(self, x, mask=None, token=None):
         """x: [..., V, C] -> [..., V, D]; mask [G, V] over the flattened graphs, token [D]."""
         *leading, joints, channels = x.shape
-        h = self.embedding(x.reshape(-1, joints, channels))
+        h = self.ops.embed(x.reshape(-1, joints, channels), self.embedding)
         return self.gin(h, mask, token).reshape(*leading, joints, -1)
 
 

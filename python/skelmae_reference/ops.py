@@ -53,3 +53,9 @@ def batch_norm_prelu(x, norm, activation=None):
     as in the GIN layers and the temporal convolutions."""
     y = norm(x)
     return y if activation is None else activation(y)
+
+
+def embed(x, layer):
+    """The joint embedding ``layer(x)``: an ``nn.Linear`` from the C coordinates of each joint
+    (2 or 3) to D features, over the last dim of x."""
+    return layer(x)

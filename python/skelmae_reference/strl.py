@@ -99,6 +99,7 @@ class STRL(nn.Module):
         super().__init__()
         adjacency = get_layout(layout).adjacency()
         ops = self.make_ops(backend)
+        self.ops = ops
         self.embedding = nn.Linear(in_channels, embed_dim)
         self.position = nn.Parameter(torch.zeros(num_frames, embed_dim))
         nn.init.trunc_normal_(self.position, std=0.02)
@@ -108,7 +109,7 @@ class STRL(nn.Module):
 
     def forward(self, x):
         """x: [N, M, T, V, C] -> [N, M, T, V, D]."""
-        h = self.embedding(x) + self.position[:, None, :]
+        h = self.ops.embed(x, self.embedding) + self.position[:, None, :]
         for layer in self.layers:
             h = layer(h)
         return h
