@@ -88,12 +88,24 @@ void batch_moments(const scalar_t* x, int64_t rows, int64_t channels, Acc* mean_
   }
 }
 
+// The per-channel terms of both passes, from the statistics and the parameters:
+// s = 1 / sqrt(v + eps), a = x k + b, and the PReLU slopes w (one slope repeated).
 template <typename Acc>
-std::vector<Acc> inverse_std(const Acc* var, int64_t channels, double eps) {
-  std::vector<Acc> invstd(channels);
-  for (int64_t c = 0; c < channels; ++c) invstd[c] = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
-  return invstd;
-}
+struct ChannelTerms {
+  ChannelTerms(const Acc* mean, const Acc* var, const at::Tensor& weight, const at::Tensor& bias,
+               const at::Tensor& slope, int64_t channels, double eps)
+      : invstd(channels), k(channels), b(channels), w(per_channel<Acc>(slope, channels)) {
+    const std::vector<Acc> gamma = per_channel<Acc>(weight, channels), beta = per_channel<Acc>(bias, channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      invstd[c] = static_cast<Acc>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
+      const ChannelAffine<Acc> affine = batch_norm_affine(mean[c], invstd[c], gamma[c], beta[c]);
+      k[c] = affine.k;
+      b[c] = affine.b;
+    }
+  }
+
+  std::vector<Acc> invstd, k, b, w;
+};
 
 // Rows per task of the element-wise passes: about 64 KiB of input.
 int64_t row_grain(int64_t channels) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, channels)); }
@@ -129,15 +141,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     } else {
       batch_moments<scalar_t, Acc>(x_data, rows, channels, mean_data, var_data);
     }
-    const std::vector<Acc> invstd = inverse_std(var_data, channels, eps);
-    const std::vector<Acc> gamma = per_channel<Acc>(weight, channels), beta = per_channel<Acc>(bias, channels);
-    const std::vector<Acc> w = per_channel<Acc>(slope, channels);
-    std::vector<Acc> k(channels), b(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const ChannelAffine<Acc> affine = batch_norm_affine(mean_data[c], invstd[c], gamma[c], beta[c]);
-      k[c] = affine.k;
-      b[c] = affine.b;
-    }
+    const ChannelTerms<Acc> terms(mean_data, var_data, weight, bias, slope, channels, eps);
+    const std::vector<Acc>&k = terms.k, &b = terms.b, &w = terms.w;
     scalar_t* y_data = y.data_ptr<scalar_t>();
     const auto apply = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
       for (int64_t r = begin; r < end; ++r) {
@@ -229,15 +234,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const scalar_t* x_data = x.data_ptr<scalar_t>();
     const scalar_t* dy_data = grad_y.data_ptr<scalar_t>();
     const std::vector<Acc> m = per_channel<Acc>(mean, channels), v = per_channel<Acc>(var, channels);
-    const std::vector<Acc> invstd = inverse_std(v.data(), channels, eps);
-    const std::vector<Acc> gamma = per_channel<Acc>(weight, channels), beta = per_channel<Acc>(bias, channels);
-    const std::vector<Acc> w = per_channel<Acc>(slope, channels);
-    std::vector<Acc> k(channels), b(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const ChannelAffine<Acc> affine = batch_norm_affine(m[c], invstd[c], gamma[c], beta[c]);
-      k[c] = affine.k;
-      b[c] = affine.b;
-    }
+    const ChannelTerms<Acc> terms(m.data(), v.data(), weight, bias, slope, channels, eps);
+    const std::vector<Acc>&invstd = terms.invstd, &k = terms.k, &b = terms.b, &w = terms.w;
     const std::vector<double> sums =
         backward_sums<scalar_t, Acc>(x_data, dy_data, rows, channels, m.data(), invstd.data(), k.data(), b.data(), w.data());
     if (need_weight) grad_weight = parameter_grad(sums, channels, channels, weight);
