@@ -235,11 +235,14 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     if chosen == "reference":
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
     channels = pred.shape[-1]
-    # On a GPU the forward writes the gradients too and the backward only scales them. On the
-    # CPU the forward computes the loss alone, reading only the rows the mask counts, and the
-    # backward computes the gradients from the inputs (cosine_reconstruction_loss_grad): two
-    # fewer [R, C] passes, and none over the rows the mask leaves out.
-    output_mask = [False, False] if chosen == "cpu" else [_needs_grad(pred), _needs_grad(target)]
+    # The forward writes the gradients too (reading each counted row once) and the backward
+    # scales them; on the CPU, loss.backward()'s grad_output of 1 takes them as they are. A CPU
+    # forward that is compiled (the backward cannot read grad_output there) or per row
+    # ("none") computes the loss alone, and the backward computes the gradients from the
+    # inputs (cosine_reconstruction_loss_grad): cheaper than a scaling pass. The CPU kernels
+    # read only the rows the mask counts.
+    recompute = chosen == "cpu" and (torch.compiler.is_compiling() or reduction == "none")
+    output_mask = [False, False] if recompute else [_needs_grad(pred), _needs_grad(target)]
     loss, _, _ = _op("cosine_reconstruction_loss", chosen)(
         pred.reshape(-1, channels),
         target.reshape(-1, channels),
@@ -390,44 +393,60 @@ def _loss_fake(pred, target, mask, beta, reduction, output_mask):
     )
 
 
-def _loss_setup_context(ctx, inputs, output):
-    pred, target, mask, ctx.beta, ctx.reduction, output_mask = inputs
-    ctx.output_mask = tuple(output_mask)
-    # A forward that computed no gradient leaves them to the backward, from the inputs.
-    ctx.recompute = not any(output_mask)
-    _, grad_pred, grad_target = output
-    ctx.mark_non_differentiable(grad_pred, grad_target)
-    # Otherwise autograd passes [R, C] zeros as the "gradients" of those two outputs.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*((pred, target, mask) if ctx.recompute else (grad_pred, grad_target)))
+def _loss_setup_context_with(grad_op):
+    """Keeps the forward's gradients and, where grad_op can recompute the gradients (the C++
+    ops on the CPU), saves the inputs."""
+
+    def setup_context(ctx, inputs, output):
+        pred, target, mask, ctx.beta, ctx.reduction, output_mask = inputs
+        ctx.output_mask = tuple(output_mask)
+        _, grad_pred, grad_target = output
+        ctx.mark_non_differentiable(grad_pred, grad_target)
+        # Otherwise autograd passes [R, C] zeros as the "gradients" of those two outputs.
+        ctx.set_materialize_grads(False)
+        if grad_op is not None:
+            ctx.save_for_backward(pred, target, mask)
+        # Not saved tensors: a backward that hands them over drops them (the caller may change
+        # them in place; a second backward recomputes).
+        ctx.forward_grads = (grad_pred, grad_target)
+
+    return setup_context
+
+
+def _is_exactly_one(tensor):
+    """Whether a CPU scalar tensor holds 1 (read on the host: free on the CPU, not traceable)."""
+    return (type(tensor) is torch.Tensor and tensor.device.type == "cpu" and tensor.numel() == 1
+            and not torch.compiler.is_compiling() and tensor.item() == 1)
 
 
 def _loss_backward_with(backward_op, grad_op=None):
-    """The loss's autograd formula: the forward's gradients scaled by grad_output (backward_op,
-    read as a tensor: no host sync), or, where the forward computed none, grad_op from the
-    inputs (the C++ ops on the CPU)."""
+    """The loss's autograd formula. The forward's gradients, where it computed those needed:
+    handed over as they are for grad_output = 1 on the CPU (loss.backward(); once: a second
+    backward through a retained graph recomputes), else scaled by grad_output (backward_op, read
+    as a tensor: no host sync). Otherwise grad_op computes them from the inputs (the C++ ops on
+    the CPU)."""
 
     def backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
         needed = list(ctx.needs_input_grad[:2])
-        if grad_loss is None:  # grads are not materialised (see _loss_setup_context)
+        if grad_loss is None:  # grads are not materialised (see setup_context)
             return None, None, None, None, None, None
-        if ctx.recompute:
-            pred, target, mask = ctx.saved_tensors
-            if grad_op is None or not has_kernel("cosine_reconstruction_loss_grad", pred.device.type.upper()):
-                raise RuntimeError(
-                    f"cosine_reconstruction_loss: the forward ran with output_mask={list(ctx.output_mask)} and "
-                    f"no kernel computes the gradients from the inputs on {pred.device}; call "
-                    f"skelmae_ext.ops.cosine_reconstruction_loss"
-                )
-            grad_pred, grad_target = grad_op(grad_loss, pred, target, mask, ctx.beta, ctx.reduction, needed)
+        forward_computed = all(computed or not need for need, computed in zip(needed, ctx.output_mask))
+        if forward_computed and ctx.forward_grads is not None:
+            grad_pred, grad_target = ctx.forward_grads
+            if _is_exactly_one(grad_loss) and grad_op is not None:
+                ctx.forward_grads = None
+            else:
+                grad_pred, grad_target = backward_op(grad_loss, grad_pred, grad_target, needed)
+        elif grad_op is not None and has_kernel("cosine_reconstruction_loss_grad", grad_loss.device.type.upper()):
+            grad_pred, grad_target = grad_op(grad_loss, *ctx.saved_tensors, ctx.beta, ctx.reduction, needed)
         else:
-            for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask):
-                if need and not computed:
-                    raise RuntimeError(
-                        f"cosine_reconstruction_loss: {name} needs a gradient but the forward ran with "
-                        f"output_mask={list(ctx.output_mask)}; call skelmae_ext.ops.cosine_reconstruction_loss"
-                    )
-            grad_pred, grad_target = backward_op(grad_loss, *ctx.saved_tensors, needed)
+            missing = [name for name, need, computed in zip(("pred", "target"), needed, ctx.output_mask)
+                       if need and not computed]
+            raise RuntimeError(
+                f"cosine_reconstruction_loss: {' and '.join(missing)} need(s) a gradient but the forward ran "
+                f"with output_mask={list(ctx.output_mask)} and no kernel computes the gradients from the "
+                f"inputs on {grad_loss.device}; call skelmae_ext.ops.cosine_reconstruction_loss"
+            )
         return (
             grad_pred if needed[0] else None,
             grad_target if needed[1] else None,
@@ -501,7 +520,7 @@ def _register(backend):
     if grad_op is not None:
         torch.library.register_fake(grad_op.default)(_loss_grad_fake)
     torch.library.register_autograd(
-        loss.default, _loss_backward_with(loss_backward, grad_op), setup_context=_loss_setup_context
+        loss.default, _loss_backward_with(loss_backward, grad_op), setup_context=_loss_setup_context_with(grad_op)
     )
 
 

@@ -65,6 +65,31 @@ def test_matches_reference(device, backend, shape, mask_kind, reduction, beta):
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("mask_kind", ["none", "partial"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backward_of_one(device, backend, mask_kind, reduction):
+    """loss.backward()'s grad_output of exactly 1: the CPU autograd hands over the gradients
+    the forward wrote."""
+    inputs = make_inputs((300, 64), mask_kind, device)
+    kwargs = dict(reduction=reduction, scale=1.0)
+    assert_all_close(run(inputs, backend, **kwargs), run_exact(inputs, **kwargs))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_second_backward_through_a_retained_graph(device, backend):
+    """A gradient handed over by the first backward belongs to the caller: changing it in place
+    does not change what a second backward returns."""
+    pred, target, mask, _ = inputs = make_inputs((200, 64), "partial", device)
+    expected = run_exact(inputs, scale=1.0)[1:]
+    loss = ops.cosine_reconstruction_loss(pred, target, mask, backend=backend)
+    first = torch.autograd.grad(loss, [pred, target], retain_graph=True)
+    assert_all_close(first, expected)
+    for gradient in first:
+        gradient.add_(100.0)
+    assert_all_close(torch.autograd.grad(loss, [pred, target]), expected)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_many_rows(device, backend):
     inputs = make_inputs((20_000, 64), "partial", device)
     assert_all_close(run(inputs, backend), run_exact(inputs))
@@ -197,10 +222,11 @@ def _direct(inputs, output_mask, reduction, scale=1.7):
 @pytest.mark.parametrize("mask_kind", ["none", "partial"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_both_cpu_gradient_routes(mask_kind, reduction):
-    """The C++ op's autograd: gradients written by the forward and scaled (output_mask true, the
-    GPU route), or computed from the inputs by cosine_reconstruction_loss_grad (output_mask
-    false, the CPU route of the public op)."""
+    """The C++ op's autograd: gradients written by the forward, handed over (grad_output 1) or
+    scaled (output_mask true), or computed from the inputs by cosine_reconstruction_loss_grad
+    (output_mask false: the public op's CPU route when compiled or per row)."""
     inputs = make_inputs((500, 64), mask_kind, "cpu")
-    expected = run_exact(inputs, reduction=reduction)
-    for output_mask in ([True, True], [False, False]):
-        assert_all_close(_direct(inputs, output_mask, reduction), expected)
+    for scale in (1.0, 1.7):
+        expected = run_exact(inputs, reduction=reduction, scale=scale)
+        for output_mask in ([True, True], [False, False]):
+            assert_all_close(_direct(inputs, output_mask, reduction, scale), expected)

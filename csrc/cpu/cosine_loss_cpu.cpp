@@ -1,7 +1,8 @@
 // CPU kernels of skelmae_ext::cosine_reconstruction_loss (loss and, for the inputs asked for,
 // the gradient of the loss for grad_output = 1, in one pass over the rows), of its backward
 // (that gradient scaled by grad_output) and of cosine_reconstruction_loss_grad (the gradient
-// times grad_output computed from the inputs: what the CPU autograd uses, see ops.py).
+// times grad_output computed from the inputs, in the same pass: the CPU autograd's route when
+// the forward wrote no gradient, see ops.py).
 //
 //   l_r  = max(1 - <p_r, t_r> / (max(|p_r|, 1e-12) * max(|t_r|, 1e-12)), 0) ^ beta
 //   mean = sum_r mask_r * l_r / max(sum_r mask_r, 1);  sum = sum_r mask_r * l_r;
@@ -79,9 +80,9 @@ void prefetch_counted_row(const T* pred, const T* target, const bool* mask, int6
   }
 }
 
-// The gradient op writes a whole [R, C] buffer, mostly zeros, that nothing reads before the
-// next op: stores that bypass the caches (SSE streaming stores, float32 rows of whole 16-byte
-// groups) skip reading each line before writing it. Other rows use plain stores.
+// The gradients are whole [R, C] buffers, mostly zeros, that nothing reads before the next op:
+// stores that bypass the caches (SSE streaming stores, float32 rows of whole 16-byte groups)
+// skip reading each line before writing it. Other rows use plain stores.
 template <typename T>
 bool streamable(const T* row, int64_t channels) {
 #if defined(__SSE2__)
@@ -115,17 +116,12 @@ inline void finish_streaming_stores() {
 #endif
 }
 
-template <typename T>
-void zero_rows(T* grad_pred, T* grad_target, int64_t channels) {
-  if (grad_pred != nullptr) std::fill(grad_pred, grad_pred + channels, T(0));
-  if (grad_target != nullptr) std::fill(grad_target, grad_target + channels, T(0));
-}
-
 // The loss's inputs checked and contiguous, with the number of rows the mask counts.
 struct LossInputs {
   LossInputs(const at::Tensor& pred_in, const at::Tensor& target_in, const std::optional<at::Tensor>& mask_in,
-             double beta, c10::string_view reduction_name) {
-    check_cosine_loss_args(pred_in, target_in, mask_in, beta);
+             double beta_in, c10::string_view reduction_name) {
+    check_cosine_loss_args(pred_in, target_in, mask_in, beta_in);
+    beta = beta_in;
     reduction = parse_reduction(reduction_name);
     pred = pred_in.contiguous();
     target = target_in.contiguous();
@@ -138,63 +134,91 @@ struct LossInputs {
 
   at::Tensor pred, target;
   std::optional<at::Tensor> mask;
+  double beta;
   Reduction reduction;
   int64_t rows, channels, counted;
 };
+
+// Where one pass over the rows writes: per-row losses and / or per-chunk loss sums, and the
+// gradients (null: not wanted), each row's scaled by scale[r or 0] (null: 1).
+template <typename T>
+struct RowPassOutputs {
+  T* loss_rows = nullptr;
+  double* chunk_sums = nullptr;
+  T* grad_pred = nullptr;
+  T* grad_target = nullptr;
+  const T* scale = nullptr;
+  bool per_row_scale = false;
+};
+
+// The one pass both ops make: counted rows' losses and gradients, zeros for the other rows
+// (whose inputs are never read). Chunks of kRowsPerChunk rows run in parallel; each row's
+// gradients are computed in L1, then stored.
+template <typename T>
+void cosine_row_pass(const LossInputs& in, const RowPassOutputs<T>& out) {
+  using Acc = at::opmath_type<T>;
+  const Acc beta = static_cast<Acc>(in.beta);
+  const Acc row_weight = counted_row_weight<Acc>(in.reduction == Reduction::kMean, in.counted);
+  const int64_t rows = in.rows, channels = in.channels;
+  const T* pred = in.pred.data_ptr<T>();
+  const T* target = in.target.data_ptr<T>();
+  const bool* mask = in.mask_data();
+  const auto chunk_rows = [&](int64_t chunk_begin, int64_t chunk_end) SKELMAE_INLINE_BODY {
+    std::vector<T> pred_row(out.grad_pred ? channels : 0), target_row(out.grad_target ? channels : 0);
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      double sum = 0.0;
+      const int64_t r_end = std::min(rows, (chunk + 1) * kRowsPerChunk);
+      for (int64_t r = chunk * kRowsPerChunk; r < r_end; ++r) {
+        prefetch_counted_row(pred, target, mask, r, rows, channels);
+        const int64_t offset = r * channels;
+        const bool counted_row = mask == nullptr || mask[r];
+        Acc row_loss = Acc(0);
+        if (counted_row) {
+          const Acc scale = out.scale ? static_cast<Acc>(out.scale[out.per_row_scale ? r : 0]) : Acc(1);
+          row_loss = cosine_row(pred + offset, target + offset, channels, beta, row_weight * scale,
+                                out.grad_pred ? pred_row.data() : nullptr,
+                                out.grad_target ? target_row.data() : nullptr);
+        }
+        sum += row_loss;
+        if (out.loss_rows) out.loss_rows[r] = static_cast<T>(row_loss);
+        if (out.grad_pred) store_row(out.grad_pred + offset, counted_row ? pred_row.data() : nullptr, channels);
+        if (out.grad_target) store_row(out.grad_target + offset, counted_row ? target_row.data() : nullptr, channels);
+      }
+      if (out.chunk_sums) out.chunk_sums[chunk] = sum;
+    }
+    finish_streaming_stores();
+  };
+  at::parallel_for(0, num_chunks(rows, kRowsPerChunk), 1,
+                   [&](int64_t begin, int64_t end) { run_rows(chunk_rows, begin, end); });
+}
+
+template <typename T>
+T* data_if(const at::Tensor& tensor, bool wanted) {
+  return wanted ? tensor.data_ptr<T>() : nullptr;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
     const at::Tensor& pred_in, const at::Tensor& target_in, const std::optional<at::Tensor>& mask_in,
     double beta, c10::string_view reduction_name, std::array<bool, 2> output_mask) {
   const LossInputs in(pred_in, target_in, mask_in, beta, reduction_name);
-  const at::Tensor &pred = in.pred, &target = in.target;
-  const Reduction reduction = in.reduction;
-  const int64_t rows = in.rows, channels = in.channels, counted = in.counted;
-  const bool* mask_ptr = in.mask_data();
+  const bool per_row = in.reduction == Reduction::kNone;
+  at::Tensor loss = per_row ? in.pred.new_empty({in.rows}) : in.pred.new_empty({});
+  at::Tensor grad_pred = new_output(in.pred, output_mask[0]);
+  at::Tensor grad_target = new_output(in.target, output_mask[1]);
 
-  at::Tensor loss = reduction == Reduction::kNone ? pred.new_empty({rows}) : pred.new_empty({});
-  at::Tensor grad_pred = new_output(pred, output_mask[0]);
-  at::Tensor grad_target = new_output(target, output_mask[1]);
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "cosine_loss_cpu", [&] {
-    using Acc = at::opmath_type<scalar_t>;
-    const Acc beta_acc = static_cast<Acc>(beta);
-    const Acc row_weight = counted_row_weight<Acc>(reduction == Reduction::kMean, counted);
-    const scalar_t* pred_data = pred.data_ptr<scalar_t>();
-    const scalar_t* target_data = target.data_ptr<scalar_t>();
-    scalar_t* loss_rows = reduction == Reduction::kNone ? loss.data_ptr<scalar_t>() : nullptr;
-    scalar_t* grad_pred_data = output_mask[0] ? grad_pred.data_ptr<scalar_t>() : nullptr;
-    scalar_t* grad_target_data = output_mask[1] ? grad_target.data_ptr<scalar_t>() : nullptr;
-    const int64_t chunks = num_chunks(rows, kRowsPerChunk);
-    std::vector<double> loss_partials(static_cast<size_t>(chunks), 0.0);  // long sums in double
-
-    const auto loss_chunks = [&](int64_t chunk_begin, int64_t chunk_end) SKELMAE_INLINE_BODY {
-      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        double partial = 0.0;
-        const int64_t r_end = std::min(rows, (chunk + 1) * kRowsPerChunk);
-        for (int64_t r = chunk * kRowsPerChunk; r < r_end; ++r) {
-          prefetch_counted_row(pred_data, target_data, mask_ptr, r, rows, channels);
-          const int64_t offset = r * channels;
-          scalar_t* row_grad_pred = grad_pred_data ? grad_pred_data + offset : nullptr;
-          scalar_t* row_grad_target = grad_target_data ? grad_target_data + offset : nullptr;
-          if (mask_ptr != nullptr && !mask_ptr[r]) {
-            zero_rows(row_grad_pred, row_grad_target, channels);
-            if (loss_rows != nullptr) loss_rows[r] = scalar_t(0);
-            continue;
-          }
-          const Acc row_loss = cosine_row(pred_data + offset, target_data + offset, channels, beta_acc,
-                                          row_weight, row_grad_pred, row_grad_target);
-          if (loss_rows != nullptr) loss_rows[r] = static_cast<scalar_t>(row_loss);
-          partial += row_loss;
-        }
-        loss_partials[chunk] = partial;
-      }
-    };
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) { run_rows(loss_chunks, begin, end); });
-
-    if (reduction != Reduction::kNone) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "cosine_loss_cpu", [&] {
+    std::vector<double> chunk_sums(static_cast<size_t>(num_chunks(in.rows, kRowsPerChunk)), 0.0);  // long sums in double
+    RowPassOutputs<scalar_t> out;
+    out.loss_rows = data_if<scalar_t>(loss, per_row);
+    out.chunk_sums = chunk_sums.data();
+    out.grad_pred = data_if<scalar_t>(grad_pred, output_mask[0]);
+    out.grad_target = data_if<scalar_t>(grad_target, output_mask[1]);
+    cosine_row_pass(in, out);
+    if (!per_row) {
       double total = 0.0;
-      for (const double partial : loss_partials) total += partial;
-      loss.fill_(total * static_cast<double>(row_weight));
+      for (const double sum : chunk_sums) total += sum;
+      using Acc = at::opmath_type<scalar_t>;
+      loss.fill_(total * static_cast<double>(counted_row_weight<Acc>(in.reduction == Reduction::kMean, in.counted)));
     }
   });
   return {loss, grad_pred, grad_target};
@@ -241,42 +265,18 @@ std::tuple<at::Tensor, at::Tensor> cosine_loss_grad_cpu(
     const std::optional<at::Tensor>& mask_in, double beta, c10::string_view reduction_name,
     std::array<bool, 2> output_mask) {
   const LossInputs in(pred_in, target_in, mask_in, beta, reduction_name);
-  const at::Tensor &pred = in.pred, &target = in.target;
-  const Reduction reduction = in.reduction;
-  const int64_t rows = in.rows, channels = in.channels, counted = in.counted;
-  const bool* mask_ptr = in.mask_data();
-  const bool per_row = check_loss_backward_args(grad_output_in, pred);
-  const at::Tensor scale = grad_output_in.contiguous().to(pred.scalar_type());
-  at::Tensor grad_pred = new_output(pred, output_mask[0]);
-  at::Tensor grad_target = new_output(target, output_mask[1]);
+  const bool per_row = check_loss_backward_args(grad_output_in, in.pred);
+  const at::Tensor scale = grad_output_in.contiguous().to(in.pred.scalar_type());
+  at::Tensor grad_pred = new_output(in.pred, output_mask[0]);
+  at::Tensor grad_target = new_output(in.target, output_mask[1]);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "cosine_loss_grad_cpu", [&] {
-    using Acc = at::opmath_type<scalar_t>;
-    const Acc beta_acc = static_cast<Acc>(beta);
-    const Acc row_weight = counted_row_weight<Acc>(reduction == Reduction::kMean, counted);
-    const scalar_t* scale_data = scale.data_ptr<scalar_t>();
-    const scalar_t* pred_data = pred.data_ptr<scalar_t>();
-    const scalar_t* target_data = target.data_ptr<scalar_t>();
-    scalar_t* grad_pred_data = output_mask[0] ? grad_pred.data_ptr<scalar_t>() : nullptr;
-    scalar_t* grad_target_data = output_mask[1] ? grad_target.data_ptr<scalar_t>() : nullptr;
-    const auto gradient_rows = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
-      // Each row's gradients are computed here (in L1), then stored.
-      std::vector<scalar_t> pred_row(grad_pred_data ? channels : 0), target_row(grad_target_data ? channels : 0);
-      for (int64_t r = begin; r < end; ++r) {
-        prefetch_counted_row(pred_data, target_data, mask_ptr, r, rows, channels);
-        const int64_t offset = r * channels;
-        const bool counted_row = mask_ptr == nullptr || mask_ptr[r];
-        if (counted_row) {
-          const Acc weight = row_weight * static_cast<Acc>(scale_data[per_row ? r : 0]);
-          cosine_row(pred_data + offset, target_data + offset, channels, beta_acc, weight,
-                     grad_pred_data ? pred_row.data() : nullptr, grad_target_data ? target_row.data() : nullptr);
-        }
-        if (grad_pred_data) store_row(grad_pred_data + offset, counted_row ? pred_row.data() : nullptr, channels);
-        if (grad_target_data) store_row(grad_target_data + offset, counted_row ? target_row.data() : nullptr, channels);
-      }
-      finish_streaming_stores();
-    };
-    at::parallel_for(0, rows, kRowsPerChunk, [&](int64_t begin, int64_t end) { run_rows(gradient_rows, begin, end); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "cosine_loss_grad_cpu", [&] {
+    RowPassOutputs<scalar_t> out;
+    out.grad_pred = data_if<scalar_t>(grad_pred, output_mask[0]);
+    out.grad_target = data_if<scalar_t>(grad_target, output_mask[1]);
+    out.scale = scale.data_ptr<scalar_t>();
+    out.per_row_scale = per_row;
+    cosine_row_pass(in, out);
   });
   return {grad_pred, grad_target};
 }
