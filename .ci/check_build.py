@@ -23,7 +23,8 @@ OPS = [
 ]
 # CPU only: on a GPU the models run cuDNN's BatchNorm and PReLU, and the loss's gradient comes
 # from its forward.
-CPU_OPS = OPS + ["batch_norm_prelu", "batch_norm_prelu_backward", "cosine_reconstruction_loss_grad"]
+CPU_OPS = OPS + ["batch_norm_prelu", "batch_norm_prelu_backward", "cosine_reconstruction_loss_grad", "linear",
+                 "linear_backward"]
 
 
 def expected_code(arch_list):

@@ -52,6 +52,11 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_grad(Tensor grad_output, Tensor pred, Tensor target, Tensor? mask, "
       "float beta, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
+  // y = x W^T + b over the rows of x [R, in] (F.linear); y comes from the CPU output cache.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // (grad_x, grad_weight, grad_bias); grad_x from the output cache. Empty where output_mask is
+  // false.
+  m.def("linear_backward(Tensor grad_output, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // (y, mean, var): BatchNorm over the rows of x [R, C] then PReLU. With mean and var given
   // (running statistics) they are used and returned; without, the batch mean and biased
   // variance are computed and returned (in float32, float64 for float64 x).

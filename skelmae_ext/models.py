@@ -33,16 +33,8 @@ class BackendOps:
     def batch_norm_prelu(self, x, norm, activation):
         return ops.batch_norm_prelu(x, norm, activation, backend=self.backend)
 
-    @staticmethod
-    def embed(x, layer):
-        # layer(x), with the weight transposed into a contiguous [C, D] matrix: PyTorch then
-        # computes the weight gradient as [C, rows] x [rows, D], which MKL ran 5x faster here
-        # (0.24 against 1.35 ms for 34816 rows) than the [D, rows] x [rows, C] product it
-        # picks for F.linear's transposed weight. The same numbers either way.
-        rows = x.reshape(-1, x.shape[-1])
-        weight = layer.weight.t().contiguous()
-        out = rows.mm(weight) if layer.bias is None else torch.addmm(layer.bias, rows, weight)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+    def linear(self, x, weight, bias=None):
+        return ops.linear(x, weight, bias, backend=self.backend)
 
 
 def fold(outer, inner, plus_identity=False):
@@ -55,11 +47,47 @@ def fold(outer, inner, plus_identity=False):
     return (product + outer64 if plus_identity else product).to(outer.dtype)
 
 
+class SkeletonEncoder(skelmae_reference.SkeletonEncoder):
+    __doc__ = skelmae_reference.SkeletonEncoder.__doc__
+
+    def forward(self, x, mask=None, token=None):
+        *leading, joints, channels = x.shape
+        graphs = x.reshape(-1, joints, channels)
+        first, *others = self.gin.layers
+        h = first.finish(self.embed_and_project(graphs, mask, token)).reshape(graphs.shape[0], joints, -1)
+        for layer in others:
+            h = layer(h)
+        return h.reshape(*leading, joints, -1)
+
+    def embed_and_project(self, graphs, mask, token):
+        """The first GIN layer's first Linear of its aggregated, token-substituted embeddings,
+        as [G * V, D] rows. A joint's token-substituted embedding is [x, 1, 0] (kept) or
+        [0, 0, 1] (masked) times [W_e^T; b_e; token]: with these C + 2 augmented channels, the
+        aggregation (linear over joints) runs before that matrix and the Linear (linear over
+        channels), which fold into one (C + 2) x D matrix. Same function: no [G * V, D] x
+        [D, D] product each way, nor the D-channel aggregation and its backward."""
+        layer, embedding = self.gin.layers[0], self.embedding
+        rows = [embedding.weight.t(), embedding.bias[None]]
+        if mask is None:
+            augmented = torch.cat([graphs, graphs.new_ones(*graphs.shape[:-1], 1)], dim=-1)
+        else:
+            masked = mask[..., None]
+            kept = (~masked).to(graphs.dtype)
+            augmented = torch.cat([graphs.masked_fill(masked, 0), kept, 1 - kept], dim=-1)
+            rows.append(embedding.weight.new_zeros(1, embedding.out_features) if token is None else token[None])
+        aggregated = layer.ops.masked_graph_conv(augmented, None, augmented.new_zeros(augmented.shape[-1]),
+                                                 layer.adjacency, layer.eps)
+        first = layer.first_linear
+        folded = fold(first.weight, torch.cat(rows).t())
+        return layer.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, first.bias)
+
+
 class SkeletonMAE(skelmae_reference.SkeletonMAE):
     __doc__ = skelmae_reference.SkeletonMAE.__doc__.replace(
         "backend: ignored here (always plain PyTorch); kept so both twins take the same arguments.",
         'backend: "auto", "cpu", "cuda", "triton" or "reference" (see skelmae_ext.ops).')
     make_ops = staticmethod(BackendOps)
+    encoder_class = SkeletonEncoder
 
     def decode(self, hidden, mask):
         # encoder_to_decoder (no bias) and the decoder's Linear mix channels; the re-mask and the
@@ -68,7 +96,7 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
         # Same function, about 3 fewer [G*V, D] x [D, D] matrix products per step.
         layer = self.decoder
         folded = fold(layer.mlp.weight, self.encoder_to_decoder.weight)
-        projected = F.linear(hidden, folded)
+        projected = layer.ops.linear(hidden, folded)
         token = projected.new_zeros(projected.shape[-1])
         aggregated = layer.ops.masked_graph_conv(projected, mask, token, layer.adjacency, layer.eps)
         return aggregated + layer.mlp.bias
@@ -100,7 +128,7 @@ class STRLLayer(skelmae_reference.strl.STRLLayer):
         update, residual = self.update, self.residual
         folded = fold(update.weight, residual.weight, plus_identity=True)
         repeated = F.linear(interaction + residual.bias, update.weight, update.bias)
-        return torch.relu(F.linear(h, folded) + repeated[:, None, :, None, :])
+        return torch.relu(self.ops.linear(h, folded) + repeated[:, None, :, None, :])
 
 
 class STRL(skelmae_reference.STRL):

@@ -181,6 +181,25 @@ def _check_batch_norm_prelu_inputs(x, norm, activation):
     _check_same_device(op, "x", x, norm=norm.weight, activation=activation.weight if prelu else None)
 
 
+def _check_linear_inputs(x, weight, bias):
+    op = "linear"
+    _check_float_tensor(op, "x", x)
+    _check_float_tensor(op, "weight", weight)
+    if x.dim() < 1:
+        _fail(op, "x", "of shape [..., in] (at least 1 dim)", "a 0-d tensor")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        _fail(op, "weight", f"of shape [out, {x.shape[-1]}] (in = x's last dim)", f"shape {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        _fail(op, "weight", f"of x's dtype {x.dtype}", weight.dtype)
+    if bias is not None:
+        _check_float_tensor(op, "bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            _fail(op, "bias", f"of shape ({weight.shape[0]},) (out of weight)", f"shape {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            _fail(op, "bias", f"of x's dtype {x.dtype}", bias.dtype)
+    _check_same_device(op, "x", x, weight=weight, bias=bias)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public ops
 
@@ -290,6 +309,25 @@ def batch_norm_prelu(x, norm, activation=None, *, backend="auto"):
         return y
     batch, channels, height, width = x.shape
     return y.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def linear(x, weight, bias=None, *, backend="auto"):
+    """``F.linear(x, weight, bias)``: ``y = x W^T + b`` over the last dim of x.
+
+    Args:
+        x: [..., in]; weight: [out, in]; bias: [out] or None; all of one floating dtype.
+        backend: as for the other ops.
+
+    On the "cpu" backend a C++ op runs ATen's products with the large outputs (y, and the
+    gradient of x) taken from the CPU output cache (see cpu_cache_bytes), and the weight's
+    gradient computed as ``(x^T dy)^T``, the faster orientation for few input features.
+    Elsewhere, F.linear. Gradients flow to x, weight and bias.
+    """
+    _check_linear_inputs(x, weight, bias)
+    if resolve_backend(backend, x.device, "linear") != "cpu":
+        return torch.nn.functional.linear(x, weight, bias)
+    rows = torch.ops.skelmae_ext.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    return rows.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _channel_rows(x):
@@ -499,6 +537,31 @@ def _batch_norm_prelu_backward(ctx, grad_y, _unused_grad_mean, _unused_grad_var)
     return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 3
 
 
+def _linear_fake(x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def _linear_backward_fake(grad_output, x, weight, output_mask):
+    return (
+        x.new_empty(x.shape if output_mask[0] else (0,)),
+        weight.new_empty(weight.shape if output_mask[1] else (0,)),
+        weight.new_empty(weight.shape[:1] if output_mask[2] else (0,)),
+    )
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _linear_backward(ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    needed = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grads = torch.ops.skelmae_ext.linear_backward(grad_y, x, weight, needed)
+    return tuple(g if need else None for g, need in zip(grads, needed))
+
+
 def _register(backend):
     """Fake kernels and autograd of the ops serving a compiled backend: the C++ ops (one set
     for "cpu" and "cuda") or their Triton twins ("triton")."""
@@ -526,7 +589,11 @@ def _register(backend):
 
 if EXTENSION.loaded:
     _register("cpu")
-    # CPU only: on a GPU, cuDNN's BatchNorm and PReLU run (see batch_norm_prelu).
+    # CPU only: on a GPU, cuDNN's BatchNorm and PReLU run (see batch_norm_prelu), and F.linear
+    # (see linear).
+    torch.library.register_fake("skelmae_ext::linear")(_linear_fake)
+    torch.library.register_fake("skelmae_ext::linear_backward")(_linear_backward_fake)
+    torch.library.register_autograd("skelmae_ext::linear", _linear_backward, setup_context=_linear_setup_context)
     torch.library.register_fake("skelmae_ext::batch_norm_prelu")(_batch_norm_prelu_fake)
     torch.library.register_fake("skelmae_ext::batch_norm_prelu_backward")(_batch_norm_prelu_backward_fake)
     torch.library.register_autograd(

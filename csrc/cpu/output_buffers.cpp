@@ -95,12 +95,16 @@ BufferCache& cache() {
 
 at::Tensor new_output(const at::Tensor& like, bool needed) {
   if (!needed) return like.new_empty({0});
-  const size_t bytes = static_cast<size_t>(like.numel()) * like.element_size();
-  if (bytes < kCachedBytes || like.device().type() != at::kCPU) {
-    return at::empty_like(like, at::MemoryFormat::Contiguous);
+  return new_output(like.sizes(), like.options());
+}
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  if (bytes < kCachedBytes || options.device().type() != at::kCPU) {
+    return at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
   }
   void* data = cache().take(bytes);
-  return at::from_blob(data, like.sizes(), [bytes](void* p) { cache().give(p, bytes); }, like.options());
+  return at::from_blob(data, sizes, [bytes](void* p) { cache().give(p, bytes); }, options);
 }
 
 size_t cached_output_bytes() { return cache().free_bytes(); }

@@ -20,6 +20,9 @@ namespace skelmae {
 // `needed` is false (an output the caller did not ask for).
 at::Tensor new_output(const at::Tensor& like, bool needed = true);
 
+// An uninitialised contiguous tensor of the given sizes and options.
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // Bytes held by the cache in buffers no tensor uses.
 size_t cached_output_bytes();
 

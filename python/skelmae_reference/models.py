@@ -32,7 +32,7 @@ class ReferenceOps:
     masked_graph_conv = staticmethod(reference_ops.masked_graph_conv)
     cosine_reconstruction_loss = staticmethod(reference_ops.cosine_reconstruction_loss)
     batch_norm_prelu = staticmethod(reference_ops.batch_norm_prelu)
-    embed = staticmethod(reference_ops.embed)
+    linear = staticmethod(reference_ops.linear)
 
 
 def reference_ops_for(backend):
@@ -65,12 +65,22 @@ class GINLayer(nn.Module):
         if token is None:
             token = h.new_zeros(channels)
         aggregated = self.ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps)
-        rows = aggregated.reshape(graphs * joints, channels)
+        first = self.first_linear
+        projected = self.ops.linear(aggregated.reshape(graphs * joints, channels), first.weight, first.bias)
+        return self.finish(projected).reshape(graphs, joints, -1)
+
+    @property
+    def first_linear(self):
+        """The MLP's first Linear (the decoding layer's only one)."""
+        return self.mlp if isinstance(self.mlp, nn.Linear) else self.mlp[0]
+
+    def finish(self, rows):
+        """The rest of the layer after the MLP's first Linear, on [G * V, D] rows."""
         if isinstance(self.mlp, nn.Linear):  # the decoding layer
-            return self.mlp(rows).reshape(graphs, joints, -1)
-        first, norm, activation, second = self.mlp
-        out = second(self.ops.batch_norm_prelu(first(rows), norm, activation))
-        return self.ops.batch_norm_prelu(out, *self.post).reshape(graphs, joints, -1)
+            return rows
+        _, norm, activation, second = self.mlp
+        out = self.ops.linear(self.ops.batch_norm_prelu(rows, norm, activation), second.weight, second.bias)
+        return self.ops.batch_norm_prelu(out, *self.post)
 
 
 class GINEncoder(nn.Module):
@@ -102,7 +112,7 @@ class SkeletonEncoder(nn.Module):
     def forward(self, x, mask=None, token=None):
         """x: [..., V, C] -> [..., V, D]; mask [G, V] over the flattened graphs, token [D]."""
         *leading, joints, channels = x.shape
-        h = self.ops.embed(x.reshape(-1, joints, channels), self.embedding)
+        h = self.ops.linear(x.reshape(-1, joints, channels), self.embedding.weight, self.embedding.bias)
         return self.gin(h, mask, token).reshape(*leading, joints, -1)
 
 
@@ -165,13 +175,14 @@ class SkeletonMAE(nn.Module):
         membership = self.layout.part_membership()
         self.register_buffer("part_membership", membership, persistent=False)
         self.register_buffer("fixed_mask", membership[list(self.mask_parts)].any(0), persistent=False)
-        self.encoder = SkeletonEncoder(in_channels, embed_dim, num_layers, adjacency, ops, learn_eps)
+        self.encoder = self.encoder_class(in_channels, embed_dim, num_layers, adjacency, ops, learn_eps)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
         self.encoder_to_decoder = nn.Linear(embed_dim, embed_dim, bias=False)
         out_dim = in_channels if target == "input" else embed_dim
         self.decoder = GINLayer(embed_dim, out_dim, adjacency, ops, encoding=False, learn_eps=learn_eps)
 
     make_ops = staticmethod(reference_ops_for)
+    encoder_class = SkeletonEncoder
 
     def _check_config(self, mask_parts):
         parts = len(self.layout.parts)

@@ -55,7 +55,6 @@ def batch_norm_prelu(x, norm, activation=None):
     return y if activation is None else activation(y)
 
 
-def embed(x, layer):
-    """The joint embedding ``layer(x)``: an ``nn.Linear`` from the C coordinates of each joint
-    (2 or 3) to D features, over the last dim of x."""
-    return layer(x)
+def linear(x, weight, bias=None):
+    """``F.linear``: ``x W^T + b`` over the last dim of x (the models' Linear layers)."""
+    return F.linear(x, weight, bias)

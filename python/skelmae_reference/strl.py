@@ -67,6 +67,7 @@ class STRLLayer(nn.Module):
 
     def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False):
         super().__init__()
+        self.ops = ops
         self.encoder = GINEncoder(dim, num_layers, adjacency, ops, learn_eps)  # a copy of G_E
         self.residual = nn.Linear(dim, dim)  # the 1x1 convolution around spatial modelling
         self.update = nn.Linear(dim, dim)  # W of Eq. 4
@@ -109,7 +110,7 @@ class STRL(nn.Module):
 
     def forward(self, x):
         """x: [N, M, T, V, C] -> [N, M, T, V, D]."""
-        h = self.ops.embed(x, self.embedding) + self.position[:, None, :]
+        h = self.ops.linear(x, self.embedding.weight, self.embedding.bias) + self.position[:, None, :]
         for layer in self.layers:
             h = layer(h)
         return h
