@@ -51,6 +51,28 @@ std::vector<Acc> per_channel(const at::Tensor& t, int64_t channels) {
   return std::vector<Acc>(data, data + channels);
 }
 
+// Mean and M2 of channels [c0, c0 + W) over rows [r0, r1), two sweeps, the running sums in
+// registers (summed straight into per-channel arrays, every row stored and reloaded them).
+template <int W, typename scalar_t, typename Acc>
+SKELMAE_INLINE_BODY inline void chunk_moments_tile(const scalar_t* x, int64_t r0, int64_t r1, int64_t channels,
+                                                   int64_t c0, Acc* mean, Acc* m2) {
+  Acc sum[W] = {}, squares[W] = {}, chunk_mean[W];
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int i = 0; i < W; ++i) sum[i] += static_cast<Acc>(x[r * channels + c0 + i]);
+  }
+  for (int i = 0; i < W; ++i) chunk_mean[i] = sum[i] / static_cast<Acc>(r1 - r0);
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int i = 0; i < W; ++i) {
+      const Acc d = static_cast<Acc>(x[r * channels + c0 + i]) - chunk_mean[i];
+      squares[i] += d * d;
+    }
+  }
+  for (int i = 0; i < W; ++i) {
+    mean[c0 + i] = chunk_mean[i];
+    m2[c0 + i] = squares[i];
+  }
+}
+
 // Batch mean and biased variance of every column: per chunk of rows a two-sweep mean and M2
 // (the chunk is cache-resident), then the chunks merged in order in double.
 template <typename scalar_t, typename Acc>
@@ -60,31 +82,29 @@ void batch_moments(const scalar_t* x, int64_t rows, int64_t channels, Acc* mean_
   const auto moments = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t r0 = chunk * kRowsPerChunk, r1 = std::min(rows, r0 + kRowsPerChunk);
-      Acc* mean = chunk_mean.data() + chunk * channels;
-      Acc* m2 = chunk_m2.data() + chunk * channels;
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = x + r * channels;
-        for (int64_t c = 0; c < channels; ++c) mean[c] += static_cast<Acc>(row[c]);
-      }
-      for (int64_t c = 0; c < channels; ++c) mean[c] /= static_cast<Acc>(r1 - r0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = x + r * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          const Acc d = static_cast<Acc>(row[c]) - mean[c];
-          m2[c] += d * d;
-        }
-      }
+      for_each_channel_tile(channels, [&](auto width, int64_t c0) {
+        chunk_moments_tile<decltype(width)::value>(x, r0, r1, channels, c0, chunk_mean.data() + chunk * channels,
+                                                   chunk_m2.data() + chunk * channels);
+      });
     }
   };
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) { run_rows(moments, begin, end); });
-  for (int64_t c = 0; c < channels; ++c) {
-    double count = 0, mean = 0, m2 = 0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const double n = static_cast<double>(std::min(rows, (chunk + 1) * kRowsPerChunk) - chunk * kRowsPerChunk);
-      merge_moments<double>(count, mean, m2, n, chunk_mean[chunk * channels + c], chunk_m2[chunk * channels + c]);
+  // Channels inner: their merges are independent, so they overlap instead of queueing on one
+  // chain of divisions per channel.
+  std::vector<double> mean(channels, 0.0), m2(channels, 0.0);
+  double count = 0;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const double n = static_cast<double>(std::min(rows, (chunk + 1) * kRowsPerChunk) - chunk * kRowsPerChunk);
+    for (int64_t c = 0; c < channels; ++c) {
+      double merged_count = count;  // every channel's count, before this chunk
+      merge_moments<double>(merged_count, mean[c], m2[c], n, chunk_mean[chunk * channels + c],
+                            chunk_m2[chunk * channels + c]);
     }
-    mean_out[c] = static_cast<Acc>(mean);
-    var_out[c] = static_cast<Acc>(count > 0 ? m2 / count : 0.0);
+    count += n;
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    mean_out[c] = static_cast<Acc>(mean[c]);
+    var_out[c] = static_cast<Acc>(count > 0 ? m2[c] / count : 0.0);
   }
 }
 
