@@ -89,9 +89,9 @@ def rounds(request):
 
 class PeakMemory:
     """Peak memory of the work inside the block: max_memory_allocated on CUDA; on the CPU, the
-    peak resident set size (Linux VmHWM, reset on entry after returning freed heap memory to
-    the system) above the resident size at entry, less the idle buffers skelmae_ext's CPU
-    output cache holds at entry (they count: the block reuses them)."""
+    peak resident set size (Linux VmHWM, reset on entry after returning freed heap memory and
+    skelmae_ext's idle CPU output buffers to the system) above the resident size at entry.
+    The block's own cached buffers count; those left by earlier benchmarks do not."""
 
     def __init__(self, device):
         self.device = torch.device(device)
@@ -112,10 +112,11 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated()
         else:
             gc.collect()
+            ops.empty_cpu_cache()
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")  # resets VmHWM to the current resident size
-            self._start = self._status("VmRSS") - ops.cpu_cache_bytes()
+            self._start = self._status("VmRSS")
         return self
 
     def __exit__(self, *exc):

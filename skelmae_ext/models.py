@@ -114,7 +114,9 @@ class MultiScaleTemporalConv(skelmae_reference.strl.MultiScaleTemporalConv):
         opened = F.conv2d(x, weight, bias).split([conv.out_channels for conv in openers], dim=1)
         outputs = [self._run(branch[1:], part.contiguous(memory_format=torch.channels_last))
                    for branch, part in zip(self.branches, opened)]
-        return torch.relu(torch.cat(outputs, dim=1) + x)
+        # In place: two fewer [B, D, T, V] tensors, whose fresh pages fault in (autograd keeps
+        # what it needs: relu_ saves its output, cat and add_ nothing of theirs).
+        return torch.cat(outputs, dim=1).add_(x).relu_()
 
 
 class STRLLayer(skelmae_reference.strl.STRLLayer):
@@ -128,7 +130,9 @@ class STRLLayer(skelmae_reference.strl.STRLLayer):
         update, residual = self.update, self.residual
         folded = fold(update.weight, residual.weight, plus_identity=True)
         repeated = F.linear(interaction + residual.bias, update.weight, update.bias)
-        return torch.relu(self.ops.linear(h, folded) + repeated[:, None, :, None, :])
+        # relu_ in place on the sum (not add_ on the Linear's output: a view, whose in-place
+        # backward clones the gradient)
+        return (self.ops.linear(h, folded) + repeated[:, None, :, None, :]).relu_()
 
 
 class STRL(skelmae_reference.STRL):
