@@ -70,19 +70,22 @@ def test_matches_f_linear(shape, out_features, with_bias, dtype, onednn):
         torch.testing.assert_close(g, e.to(dtype), rtol=rtol, atol=atol * max(scale, 1.0), msg=lambda m: f"{name}: {m}")
 
 
-@onednn_enabled(False)
-def test_reused_buffers_hold_new_results():
-    """Through MKL, y and dx come from the output cache (34816 x 64 float32 is 8.9 MB): a second
-    call with other inputs, after the first results are freed, reuses the buffers and gets new
-    values."""
+@pytest.mark.parametrize("rows,onednn", [(34816, False), (140000, True)], ids=["mkl", "above-32MiB"])
+def test_reused_buffers_hold_new_results(rows, onednn):
+    """Through MKL (oneDNN off, or outputs above 32 MiB: 140000 x 64 float32 is 35.8 MB), y and
+    dx come from the output cache: a second call with other inputs, after the first results
+    are freed, reuses the buffers and gets new values."""
+    ops.empty_cpu_cache()
     addresses = []
     for seed in (1, 2):
-        params, grad_output = make_inputs((34816, 64), 64, True, seed=seed)
-        got = run(lambda *p: ops.linear(*p, backend="cpu"), params, grad_output)
+        params, grad_output = make_inputs((rows, 64), 64, True, seed=seed)
+        with onednn_enabled(onednn):
+            got = run(lambda *p: ops.linear(*p, backend="cpu"), params, grad_output)
         for g, e in zip(got, exact(params, grad_output)):
             torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5 * float(e.abs().max()))
         addresses.append({got[0].data_ptr(), got[1].data_ptr()})
         del got
+        assert ops.cpu_cache_bytes() >= 2 * rows * 64 * 4  # y and dx went back to the cache
     assert addresses[0] == addresses[1]
 
 

@@ -4,11 +4,11 @@
 //   y  = x W^T + b          x [R, in], W [out, in], b [out]
 //   dx = dy W,   dW = (x^T dy)^T,   db = sum_r dy
 //
-// y and dx: oneDNN's inner product (ATen's mkldnn::_linear_pointwise) for float32, where this
-// torch has it and torch.backends.mkldnn.enabled; on this AMD CPU it ran [34816, 64] x [64, 64]
-// in 0.7 ms against MKL's 1.6 (sgemm). Otherwise ATen's addmm / mm (MKL) into the output cache
-// (output_buffers.h): PyTorch's own outputs of this size are often fresh pages, whose faults
-// cost about as much as the product.
+// y and dx: oneDNN's inner product (ATen's mkldnn::_linear_pointwise) for float32 outputs of up
+// to 32 MiB, where this torch has it and torch.backends.mkldnn.enabled; on this AMD CPU it ran
+// [34816, 64] x [64, 64] in 0.7 ms against MKL's 1.6 (sgemm). Otherwise ATen's addmm / mm (MKL)
+// into the output cache (output_buffers.h): PyTorch's own larger outputs are fresh pages every
+// time, whose faults cost more than the product.
 // dW: MKL, as the [in, out] product x^T dy, then transposed: for few input features (a joint's
 // 2 or 3 coordinates) MKL ran that orientation about 5x faster than dy^T x.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -36,12 +36,18 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, const std::option
   }
 }
 
-// oneDNN's inner product, where it serves x: float32 rows, this torch has it and enables it.
-std::optional<c10::OperatorHandle> onednn_linear_op(const at::Tensor& x) {
+// Outputs above this come from glibc as fresh mappings every time (its largest heap block by
+// default), and their page faults cost more than oneDNN saves.
+constexpr int64_t kOneDnnMaxOutputBytes = int64_t(32) << 20;
+
+// oneDNN's inner product, where it serves x [R, in] -> [R, out]: float32, an output of at most
+// kOneDnnMaxOutputBytes, and a torch that has it and enables it.
+std::optional<c10::OperatorHandle> onednn_linear_op(const at::Tensor& x, int64_t out_features) {
   static const std::optional<c10::OperatorHandle> handle =
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  const int64_t output_bytes = x.size(0) * out_features * static_cast<int64_t>(sizeof(float));
   if (!handle.has_value() || x.scalar_type() != at::kFloat || x.numel() == 0 ||
-      !at::globalContext().userEnabledMkldnn()) {
+      output_bytes > kOneDnnMaxOutputBytes || !at::globalContext().userEnabledMkldnn()) {
     return std::nullopt;
   }
   return handle;
@@ -49,7 +55,7 @@ std::optional<c10::OperatorHandle> onednn_linear_op(const at::Tensor& x) {
 
 // x W^T + b: oneDNN's (a new tensor), or ATen's addmm / mm into a cached output.
 at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  if (const auto onednn = onednn_linear_op(x)) {
+  if (const auto onednn = onednn_linear_op(x, weight.size(0))) {
     torch::jit::Stack stack{x.contiguous(), weight.contiguous(), bias.has_value() ? c10::IValue(*bias) : c10::IValue(),
                             c10::IValue("none"), c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()};
     onednn->callBoxed(&stack);
