@@ -318,10 +318,11 @@ def linear(x, weight, bias=None, *, backend="auto"):
         x: [..., in]; weight: [out, in]; bias: [out] or None; all of one floating dtype.
         backend: as for the other ops.
 
-    On the "cpu" backend a C++ op runs ATen's products with the large outputs (y, and the
-    gradient of x) taken from the CPU output cache (see cpu_cache_bytes), and the weight's
-    gradient computed as ``(x^T dy)^T``, the faster orientation for few input features.
-    Elsewhere, F.linear. Gradients flow to x, weight and bias.
+    On the "cpu" backend a C++ op runs y and the gradient of x on oneDNN's inner product
+    (float32 outputs up to 32 MiB, where torch.backends.mkldnn.enabled), else on MKL into the
+    CPU output cache (see cpu_cache_bytes); the weight's gradient is MKL's ``(x^T dy)^T``, the
+    faster orientation for few input features. Elsewhere, F.linear. Gradients flow to x,
+    weight and bias.
     """
     _check_linear_inputs(x, weight, bias)
     if resolve_backend(backend, x.device, "linear") != "cpu":
@@ -433,7 +434,7 @@ def _loss_fake(pred, target, mask, beta, reduction, output_mask):
 
 def _loss_setup_context_with(grad_op):
     """Keeps the forward's gradients and, where grad_op can recompute the gradients (the C++
-    ops on the CPU), saves the inputs."""
+    ops' CPU kernel), saves the inputs."""
 
     def setup_context(ctx, inputs, output):
         pred, target, mask, ctx.beta, ctx.reduction, output_mask = inputs
@@ -442,7 +443,7 @@ def _loss_setup_context_with(grad_op):
         ctx.mark_non_differentiable(grad_pred, grad_target)
         # Otherwise autograd passes [R, C] zeros as the "gradients" of those two outputs.
         ctx.set_materialize_grads(False)
-        if grad_op is not None:
+        if grad_op is not None and pred.device.type == "cpu":
             ctx.save_for_backward(pred, target, mask)
         # Not saved tensors: a backward that hands them over drops them (the caller may change
         # them in place; a second backward recomputes).
