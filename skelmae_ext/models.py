@@ -1,8 +1,8 @@
 """SkeletonMAE, STRL and the SSL classifier on skelmae_ext's fused ops.
 
 Each is the reference model of ``skelmae_reference`` with its hot spots (masked GIN aggregation,
-cosine reconstruction loss, the BatchNorm + PReLU tail of each GIN layer) bound to one
-skelmae_ext backend: the same constructor
+cosine reconstruction loss, the BatchNorm + PReLU tail of each GIN layer, the Linear layers)
+bound to one skelmae_ext backend, and a few Linear layers folded exactly: the same constructor
 arguments, the same state_dict keys and the same outputs, faster. A reference state_dict loads
 unchanged.
 """

@@ -7,9 +7,10 @@ re-mask (masked rows set to zero) and a 1-layer GIN decoder reconstruct the mask
 input features; the loss is the re-weighted cosine error over the masked joints of the graphs
 that are not padding.
 
-The two hot spots (the masked GIN aggregation and the loss) go through ``self.ops``: this
-package's plain functions here; ``skelmae_ext`` swaps in its fused kernels, which is all that
-makes ``skelmae_ext.SkeletonMAE`` a drop-in, faster twin (same arguments, same state_dict keys).
+The hot spots (the masked GIN aggregation, the loss, the BatchNorm + PReLU tails and the Linear
+layers) go through ``self.ops``: this package's plain functions here; ``skelmae_ext`` swaps in
+its fused kernels (and folds a few Linear layers exactly), which makes ``skelmae_ext.SkeletonMAE``
+a drop-in, faster twin (same arguments, same state_dict keys).
 """
 
 from typing import NamedTuple
