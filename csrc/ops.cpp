@@ -52,10 +52,9 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_grad(Tensor grad_output, Tensor pred, Tensor target, Tensor? mask, "
       "float beta, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
-  // y = x W^T + b over the rows of x [R, in] (F.linear); y comes from the CPU output cache.
+  // y = x W^T + b over the rows of x [R, in] (F.linear), on oneDNN or MKL (cpu/linear_cpu.cpp).
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  // (grad_x, grad_weight, grad_bias); grad_x from the output cache. Empty where output_mask is
-  // false.
+  // (grad_x, grad_weight, grad_bias); empty where output_mask is false.
   m.def("linear_backward(Tensor grad_output, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // (y, mean, var): BatchNorm over the rows of x [R, C] then PReLU. With mean and var given
   // (running statistics) they are used and returned; without, the batch mean and biased

@@ -75,11 +75,11 @@ class SkeletonEncoder(skelmae_reference.SkeletonEncoder):
             kept = (~masked).to(graphs.dtype)
             augmented = torch.cat([graphs.masked_fill(masked, 0), kept, 1 - kept], dim=-1)
             rows.append(embedding.weight.new_zeros(1, embedding.out_features) if token is None else token[None])
-        aggregated = layer.ops.masked_graph_conv(augmented, None, augmented.new_zeros(augmented.shape[-1]),
-                                                 layer.adjacency, layer.eps)
+        aggregated = self.ops.masked_graph_conv(augmented, None, augmented.new_zeros(augmented.shape[-1]),
+                                                layer.adjacency, layer.eps)
         first = layer.first_linear
         folded = fold(first.weight, torch.cat(rows).t())
-        return layer.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, first.bias)
+        return self.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, first.bias)
 
 
 class SkeletonMAE(skelmae_reference.SkeletonMAE):
@@ -108,8 +108,8 @@ class MultiScaleTemporalConv(skelmae_reference.strl.MultiScaleTemporalConv):
         # stacked computes them all (the same sums), reading x once and giving one input
         # gradient instead of four to add up. A 1x1 convolution is a Linear over the channels
         # of each (sample, frame, joint): ops.linear on the rows of x [B, D, T, V] (channels-
-        # last as STRL passes it) took about 3 ms forward and backward here, oneDNN's
-        # convolution 9.6. Each branch's slice is made channels-last contiguous again, the
+        # last as STRL passes it) took 3.9 ms forward and backward here, oneDNN's convolution
+        # 10.3. Each branch's slice is made channels-last contiguous again, the
         # layout the fused BatchNorm reads in place.
         openers = [branch[0] for branch in self.branches]
         weight = torch.cat([conv.weight for conv in openers]).flatten(1)

@@ -131,6 +131,10 @@ struct LossInputs {
     counted = mask.has_value() ? mask->sum().item<int64_t>() : rows;
   }
   const bool* mask_data() const { return mask.has_value() ? mask->data_ptr<bool>() : nullptr; }
+  template <typename Acc>
+  Acc row_weight() const {
+    return counted_row_weight<Acc>(reduction == Reduction::kMean, counted);
+  }
 
   at::Tensor pred, target;
   std::optional<at::Tensor> mask;
@@ -158,7 +162,7 @@ template <typename T>
 void cosine_row_pass(const LossInputs& in, const RowPassOutputs<T>& out) {
   using Acc = at::opmath_type<T>;
   const Acc beta = static_cast<Acc>(in.beta);
-  const Acc row_weight = counted_row_weight<Acc>(in.reduction == Reduction::kMean, in.counted);
+  const Acc row_weight = in.row_weight<Acc>();
   const int64_t rows = in.rows, channels = in.channels;
   const T* pred = in.pred.data_ptr<T>();
   const T* target = in.target.data_ptr<T>();
@@ -217,8 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
     if (!per_row) {
       double total = 0.0;
       for (const double sum : chunk_sums) total += sum;
-      using Acc = at::opmath_type<scalar_t>;
-      loss.fill_(total * static_cast<double>(counted_row_weight<Acc>(in.reduction == Reduction::kMean, in.counted)));
+      loss.fill_(total * static_cast<double>(in.row_weight<at::opmath_type<scalar_t>>()));
     }
   });
   return {loss, grad_pred, grad_target};
