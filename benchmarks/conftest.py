@@ -16,6 +16,11 @@ COPY_ELEMENTS = 16384 * 17 * 64 * 2  # float32: a 142 MB tensor, larger than any
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def on(device):
+    """Group name suffix: CPU groups keep their names."""
+    return "" if device == "cpu" else f" on {device}"
+
+
 def providers(device="cpu"):
     """The reference path eager and compiled, then every compiled backend on the device."""
     compiled = [b for b in ops.available_backends(device) if b != "reference"]
