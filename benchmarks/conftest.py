@@ -55,6 +55,17 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: getattr(item, "originalname", "") != "test_copy_bandwidth")  # stable
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session):
+    """A run stopped by Ctrl-C or a time limit (scripts/gpu_check.py sends SIGINT) still writes
+    --benchmark-json for the benchmarks that finished: pytest-benchmark would fail on the one cut
+    short, which has no rounds (its stats are falsy), and write nothing."""
+    benchmark_session = getattr(session.config, "_benchmarksession", None)
+    if benchmark_session is not None:
+        benchmark_session.benchmarks = [b for b in benchmark_session.benchmarks if b]
+    yield
+
+
 def synchronize(device):
     if device == "cuda":
         torch.cuda.synchronize()
