@@ -27,18 +27,19 @@ def step_params():
     for device in DEVICES:
         names = providers(device)
         names += [f"{name}-compiled" for name in names if name not in ("reference", "reference-compiled")]
-        params += [pytest.param(device, n, name, marks=[pytest.mark.quick] if n == 16 and "compiled" not in name else [],
-                                id=f"N{n}-{device}-{name}") for n in BATCHES for name in names]
+        params += [pytest.param(device, n, name, id=f"N{n}-{device}-{name}",
+                                marks=[pytest.mark.quick] if n == 16 and "compiled" not in name else [])
+                   for n in BATCHES for name in names]
     return params
 
 
-def build(model_class, provider, reference_model):
+def build(model_class, provider, reference_model, device):
     """The provider's model with the reference model's weights, and its forward callable."""
     backend = provider.removesuffix("-compiled")
     if backend == "reference":
         model = copy.deepcopy(reference_model)
     else:
-        model = model_class(**reference_model.init_kwargs, backend=backend)
+        model = model_class(**reference_model.init_kwargs, backend=backend).to(device)
         model.load_state_dict(reference_model.state_dict())
     forward = torch.compile(model) if provider.endswith("-compiled") else model
     return model, forward
@@ -87,7 +88,7 @@ def loss_and_grads(model, forward, x, loss_of):
 
 def benchmark_step(benchmark, rounds, setup, device, n, provider):
     x, reference, fast_class, loss_of, optimizer_class, optimizer_kwargs = setup(n, device)
-    model, forward = build(fast_class, provider, reference)
+    model, forward = build(fast_class, provider, reference, device)
     model.eval()  # deterministic BatchNorm for the correctness check only
     with full_float32():
         expected = loss_and_grads(reference.eval(), reference, x, loss_of)

@@ -196,7 +196,7 @@ def stages(ctx):
 # ---- the run ------------------------------------------------------------------------------------
 
 def base_env():
-    """The in-place build comes first on the path: no install, so nothing else is imported."""
+    """The in-place build first on the path: the stages import the tree they run from."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "python"), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
@@ -396,6 +396,7 @@ def run(ctx, only, budgets, bundle):
     ctx.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     records, probe = [], {}
+    (ctx.out / "env.json").unlink(missing_ok=True)  # the GPU found is this run's
     previous = signal.signal(signal.SIGTERM, interrupt)  # a caller's timeout: stop the stage, write the summary
     try:
         for name in [s.name for s in stages(ctx)]:

@@ -35,8 +35,12 @@ def run_stages(tmp_path, monkeypatch, stages, bundle=None):
     return status, records, (ctx.out / "summary.txt").read_text()
 
 
+def package_files():
+    return sorted(p.name for p in (ROOT / "skelmae_ext").iterdir() if p.name != "__pycache__")
+
+
 def test_dry_run_collects_every_stage_as_on_a_gpu(tmp_path):
-    tree = sorted(p.name for p in (ROOT / "skelmae_ext").iterdir() if p.name != "__pycache__")
+    tree = package_files()
     result = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path), "--dry-run"], cwd=ROOT,
                             env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -58,7 +62,7 @@ def test_dry_run_collects_every_stage_as_on_a_gpu(tmp_path):
     # The tools each stage needs are named and looked up.
     assert "compute-sanitizer" in stages["memcheck"]["tools"] and "nvcc" in stages["build"]["tools"]
     assert "nvidia-smi" in stages["env"]["tools"]
-    assert sorted(p.name for p in (ROOT / "skelmae_ext").iterdir() if p.name != "__pycache__") == tree  # it built nothing
+    assert package_files() == tree  # it built nothing
 
 
 def test_a_stage_past_its_budget_is_interrupted_and_the_next_runs(tmp_path, monkeypatch):
