@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_S = 8 * 60  # the whole check, on an H100
-GRACE_S = 10  # a stage past its budget gets SIGINT (pytest still writes its summary), then SIGKILL
+GRACE_S = 10  # a stage gets SIGINT this long before its budget ends (a third of a short one), SIGKILL at the end
 XDIST_WORKERS = 8  # test processes beside each other: Triton compiles each kernel variant on one core
 OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
 RESULT_LINE = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)|no tests ran|Interrupted|tests? collected")
@@ -203,9 +203,9 @@ def base_env():
     return env
 
 
-def run_command(command, log, deadline, extra_env=None):
-    """Runs one command in its own process group, its output appended to `log`. Returns
-    (exit status, timed out)."""
+def run_command(command, log, deadline, grace, extra_env=None):
+    """Runs one command in its own process group, its output appended to `log`, stopping it
+    `grace` seconds before `deadline`. Returns (exit status, timed out)."""
     env = base_env()
     env.update(command.env)
     env.update(extra_env or {})
@@ -219,18 +219,18 @@ def run_command(command, log, deadline, extra_env=None):
             handle.write(f"cannot run {command.argv[0]}: {error}\n")
             return 127, False
         try:
-            return process.wait(timeout=max(1.0, deadline - GRACE_S - time.monotonic())), False
+            return process.wait(timeout=max(0.1, deadline - grace - time.monotonic())), False
         except subprocess.TimeoutExpired:
-            return stop(process), True
+            return stop(process, grace), True
         except KeyboardInterrupt:
-            stop(process)
+            stop(process, grace)
             raise
 
 
-def stop(process):
+def stop(process, grace):
     """SIGINT to the command's process group (pytest then writes its summary and JSON), SIGKILL
-    if it has not ended within GRACE_S. Returns its exit status."""
-    for sig, wait in ((signal.SIGINT, GRACE_S), (signal.SIGKILL, 5)):
+    if it has not ended within `grace` seconds. Returns its exit status."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
             return process.wait(timeout=wait)
@@ -283,6 +283,7 @@ def run_stage(stage, ctx, log):
     """Runs a stage's commands one after another within its budget. Returns its record."""
     start = time.monotonic()
     deadline = start + stage.budget_s
+    grace = min(GRACE_S, stage.budget_s / 3)
     log.write_text(f"# {stage.name}: {stage.purpose} (budget {stage.budget_s} s)\n")
     for command in stage.commands:  # no results of an earlier run pass for this one's
         for argument in command.argv:
@@ -290,10 +291,10 @@ def run_stage(stage, ctx, log):
                 Path(argument.split("=", 1)[1]).unlink(missing_ok=True)
     status, timed_out = 0, False
     for command in stage.commands:
-        if time.monotonic() >= deadline - GRACE_S:
+        if time.monotonic() >= deadline - grace:
             timed_out = True
             break
-        result, timed_out = run_command(command, log, deadline)
+        result, timed_out = run_command(command, log, deadline, grace)
         status = status or result
         if timed_out or (result and not stage.keep_going):
             break
@@ -447,7 +448,7 @@ def dry_run_command(command, ctx, log):
         # as the current directory (PYTHONSAFEPATH), which lacks the kernels in a fresh clone.
         here = {"PYTHONSAFEPATH": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")]))}
-        status, _ = run_command(collect, log, time.monotonic() + 300, here)
+        status, _ = run_command(collect, log, time.monotonic() + 300, GRACE_S, here)
         return status == 0, f"pytest --collect-only exit {status}"
     scripts = [a for a in command.argv if a.endswith(".py")]
     for script in scripts:
@@ -455,7 +456,7 @@ def dry_run_command(command, ctx, log):
             return False, f"{script} does not exist"
         py_compile.compile(str(ROOT / script), doraise=True)
     if "--probe" in command.argv:  # runs anywhere: reports that no GPU is visible here
-        status, _ = run_command(command, log, time.monotonic() + 120)
+        status, _ = run_command(command, log, time.monotonic() + 120, GRACE_S)
         return status == 0, f"probe exit {status}"
     return True, "scripts compile" if scripts else f"{command.argv[0]} named"
 
