@@ -140,7 +140,7 @@ RESULT = "============ 1 passed in 3.20s ============"
     ("PASSED tests/a.py::test_x[cuda-cuda]", None, False),  # the sanitizer did not finish
     ("FAILED tests/a.py::test_x[cuda-cuda] - AssertionError", "0 errors", False),
     ("PASSED tests/a.py::test_x[cpu-cpu]", "0 errors", False),  # no GPU test ran
-])
+], ids=["clean", "errors", "unfinished", "a test failed", "no GPU test"])
 def test_a_sanitizer_stage_passes_only_on_zero_errors(outcome, errors, passes):
     stage = Stage("memcheck", 30, "", [], [], expect=[r"\[cuda-cuda\]$"], sanitizer=True)
     log = "\n".join([outcome, RESULT] + ([f"========= ERROR SUMMARY: {errors}"] if errors else []))
