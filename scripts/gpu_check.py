@@ -487,6 +487,10 @@ def dry_run(ctx):
     if total > LIMIT_S:
         ok = False
         print(f"the stage budgets add up to {total} s, past the {LIMIT_S} s the check must finish in")
+    wrapper = subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
+    if wrapper.returncode:
+        ok = False
+        print(f"bash -n scripts/gpu_check.sh: {wrapper.stderr.strip()}")
     (ctx.out / "dry-run.json").write_text(json.dumps({"ok": ok, "budget_s": total, "stages": report}, indent=1))
     print(f"GPU check dry run: stage budgets {total} s of {LIMIT_S} s; python {ctx.python}; "
           f"arch list (as for an H100) {ctx.arch_list}\n")
