@@ -16,6 +16,11 @@ COPY_ELEMENTS = 16384 * 17 * 64 * 2  # float32: a 142 MB tensor, larger than any
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def on(device):
+    """Group name suffix: CPU groups keep their names."""
+    return "" if device == "cpu" else f" on {device}"
+
+
 def providers(device="cpu"):
     """The reference path eager and compiled, then every compiled backend on the device."""
     compiled = [b for b in ops.available_backends(device) if b != "reference"]
@@ -48,6 +53,17 @@ COPY_GBPS = {}
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: getattr(item, "originalname", "") != "test_copy_bandwidth")  # stable
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session):
+    """A run stopped by Ctrl-C or a time limit (scripts/gpu_check.py sends SIGINT) still writes
+    --benchmark-json for the benchmarks that finished: pytest-benchmark would fail on the one cut
+    short, which has no rounds (its stats are falsy), and write nothing."""
+    benchmark_session = getattr(session.config, "_benchmarksession", None)
+    if benchmark_session is not None:
+        benchmark_session.benchmarks = [b for b in benchmark_session.benchmarks if b]
+    yield
 
 
 def synchronize(device):

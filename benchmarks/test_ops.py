@@ -7,7 +7,7 @@
 import pytest
 import torch
 
-from conftest import COPY_ELEMENTS, COPY_GBPS, DEVICES, assert_matches, op_for, providers, record, run
+from conftest import COPY_ELEMENTS, COPY_GBPS, DEVICES, assert_matches, on, op_for, providers, record, run
 
 from skelmae_ext import get_layout
 
@@ -52,11 +52,6 @@ def graph_conv_step(conv, inputs, mode):
 
 def device_providers():
     return [pytest.param(d, p, id=f"{d}-{p}") for d in DEVICES for p in providers(d)]
-
-
-def on(device):
-    """Group name suffix: CPU groups keep their names."""
-    return "" if device == "cpu" else f" on {device}"
 
 
 @pytest.mark.parametrize("mode", MODES)

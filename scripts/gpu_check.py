@@ -1,0 +1,627 @@
+"""The GPU check: on a machine with an NVIDIA GPU and no network, builds the kernels for that
+GPU, runs the CUDA and Triton tests, compute-sanitizer memcheck and racecheck, and the GPU
+benchmarks with report.py's table, each stage under its own time budget; writes every log and
+JSON result into an output folder and ends with a one-screen summary (exit status 1 if a stage
+failed). Run through scripts/gpu_check.sh; README "Running on a GPU".
+
+    bash scripts/gpu_check.sh [OUT_DIR] [--bundle DIR] [--stages a,b] [--budget stage=s] [--dry-run]
+
+--dry-run checks here, without a GPU, every stage's command line: pytest collects each exact
+selection (with scripts/as_if_gpu.py making torch report a GPU) and must list the expected
+tests, scripts exist and compile, the tools each stage needs are looked up.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import py_compile
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_S = 8 * 60  # the whole check, on an H100
+GRACE_S = 10  # a stage gets SIGINT this long before its budget ends (a third of a short one), SIGKILL at the end
+XDIST_WORKERS = 8  # test processes beside each other: Triton compiles each kernel variant on one core
+OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
+RESULT_LINE = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)|no tests ran|Interrupted|tests? collected")
+SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+
+# Selections (pytest -k). The op tests repeat on cuda for each compiled backend
+# (tests/conftest.py DEVICE_BACKENDS: ids "cuda-cuda", "cuda-triton"); test_cuda.py and
+# test_triton_compile.py match by module name.
+TESTS_K = "cuda or triton"
+# memcheck: every small op test but a slice of test_matches_reference (all V and C; single
+# graph, no mask, eps 0; 203 graphs, partial mask, learnable eps; the loss's three betas, each
+# reduction and mask kind once), leaving out the largest (many_*, bitwise: 3000 graphs) and
+# gradcheck (hundreds of launches): 120 tests, sized for the stage's budget by guess (the
+# sanitizer's slowdown here is unmeasured).
+MEMCHECK_K = ("cuda and not many_ and not gradcheck and not bitwise and (not matches_reference"
+              " or 1-0.0-none or 203-0.37-partial or 2.0-none-partial or 3.0-mean-none or 1.0-sum-full)")
+RACECHECK_K = "cuda and hand_computed or cuda and non_contiguous"  # racecheck is slow: a few small cases
+# GPU benchmarks of each op at its acceptance shape (benchmarks/test_ops.py ids) and the GPU's
+# copy bandwidth; every provider on cuda.
+OP_SHAPES = {"masked_graph_conv": "G16384-V17-C64", "cosine_reconstruction_loss": "R278528-C64"}
+BENCH_OPS_K = f"cuda and ({' or '.join(OP_SHAPES.values())} or copy)"
+# The model steps at N = 16 and 128 on cuda: the reference eager and our eager twins first, then
+# the reference compiled, in a process of its own (its four whole-model compiles are what may
+# run out of time: the eager results are written by then). Our twins compiled are left out.
+BENCH_EAGER_K = "cuda and not compiled"
+BENCH_COMPILED_K = "cuda and reference-compiled"
+GPU_PROVIDERS = ["reference", "reference-compiled", "cuda", "triton"]
+
+# The issue's speed targets on the GPU: (benchmark group, figure, at least), for each of our backends.
+OP_GROUPS = ["masked_graph_conv forward+backward G=16384 V=17 C=64 on cuda",
+             "cosine_reconstruction_loss forward+backward rows=278528 C=64 on cuda"]
+STEP_GROUP = "{} step N={} M=2 T=64 V=17 D=64 on cuda"
+TARGETS = [
+    *[(group, figure, least) for group in OP_GROUPS
+      for figure, least in (("fraction_of_copy", 0.6), ("vs reference-compiled", 3.0))],
+    (STEP_GROUP.format("SkeletonMAE pre-training", 128), "vs reference", 2.0),
+    (STEP_GROUP.format("SkeletonMAE pre-training", 128), "vs reference-compiled", 1.2),
+    *[(STEP_GROUP.format("SSL classifier fine-tuning", n), "vs reference", 1.5) for n in (16, 128)],
+]
+
+
+@dataclasses.dataclass
+class Command:
+    argv: list
+    env: dict = dataclasses.field(default_factory=dict)
+    # pytest commands: the arguments the dry run collects with (argv less a wrapper and -n).
+    collect: list = None
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    budget_s: int
+    purpose: str
+    commands: list
+    tools: list  # executables and Python modules it needs ("module:name")
+    after: str = None  # the stage that must have passed first ("gpu": env found one)
+    expect: list = ()  # regexes: each must match a test id that ran (that is collected, in the dry run)
+    count: int = None  # the exact number of tests the dry run must collect, where the selection fixes it
+    sanitizer: bool = False  # passes only with "ERROR SUMMARY: 0 errors"
+    keep_going: bool = False  # run every command even after one failed
+
+
+@dataclasses.dataclass
+class Context:
+    out: Path
+    python: str = sys.executable
+    arch_list: str = "9.0"  # TORCH_CUDA_ARCH_LIST; from the GPU found (env stage)
+    jobs: int = os.cpu_count() or 1
+    xdist: bool = False
+
+
+def arch_list(capability):
+    """TORCH_CUDA_ARCH_LIST for a GPU of compute capability "9.0": its own and sm_90, which
+    .ci/check_build.py requires of every build."""
+    return ";".join(sorted({capability, "9.0"}, key=lambda a: tuple(int(p) for p in a.split("."))))
+
+
+def pytest_command(ctx, selection, options=(), wrapper=(), parallel=False, env=None):
+    workers = ["-n", str(XDIST_WORKERS)] if parallel and ctx.xdist else []
+    collect = [*selection, "-q", *options]
+    return Command([*wrapper, ctx.python, "-m", "pytest", *collect, *workers], env or {}, collect)
+
+
+def sanitizer(tool):
+    return ["compute-sanitizer", "--tool", tool, "--error-exitcode", "99", "--print-limit", "50"]
+
+
+def expected_benchmarks():
+    """Ids of the benchmarks the two benchmark stages must run."""
+    ops = [rf"benchmarks/test_ops\.py::test_{op}\[{shape}-cuda-{re.escape(p)}-{re.escape(m)}\]$"
+           for op, shape in OP_SHAPES.items() for p in GPU_PROVIDERS for m in ("forward", "forward+backward")]
+    ops.append(r"benchmarks/test_ops\.py::test_copy_bandwidth\[cuda\]$")
+    models = [rf"benchmarks/test_models\.py::test_{kind}_step\[N{n}-cuda-{re.escape(p)}\]$"
+              for kind in ("pretraining", "finetuning") for n in (16, 128) for p in GPU_PROVIDERS]
+    return ops, models
+
+
+def expected_tests(files):
+    """Each op test file runs on both GPU backends."""
+    return [rf"^tests/{re.escape(f)}::.*\[(.*-)?cuda-{b}\]$" for f in files for b in ("cuda", "triton")]
+
+
+def stages(ctx):
+    """Every stage, in order; budgets in seconds (their sum stays under LIMIT_S)."""
+    out = ctx.out
+    me = [ctx.python, "scripts/gpu_check.py"]
+    ops_ids, model_ids = expected_benchmarks()
+    op_files = ["test_masked_graph_conv.py", "test_cosine_loss.py"]
+    no_caching = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # every tensor its own allocation: overruns are caught
+    return [
+        Stage("env", 15, "nvidia-smi, the GPU's name and compute capability, torch / triton / nvcc versions", [
+            Command([*me, "--probe", str(out / "env.json")]),
+            Command(["nvidia-smi"]),
+            Command(["nvcc", "--version"]),
+            Command(["compute-sanitizer", "--version"]),
+        ], ["nvidia-smi", "nvcc", "compute-sanitizer", "module:torch"], keep_going=True),
+        # ~1 min with 16 cores (the slowest source alone took 42 s for two architectures on 2 cores).
+        Stage("build", 80, f"the kernels in place, TORCH_CUDA_ARCH_LIST={ctx.arch_list}, {ctx.jobs} jobs; "
+                            ".ci/check_build.py", [
+            Command([ctx.python, "setup.py", "build_ext", "--inplace"],
+                    {"TORCH_CUDA_ARCH_LIST": ctx.arch_list, "MAX_JOBS": str(ctx.jobs), "SKELMAE_FORCE_CUDA": "1"}),
+            Command([ctx.python, ".ci/check_build.py"]),
+        ], ["nvcc", "ninja", "module:torch", "module:setuptools"], after="gpu"),
+        Stage("tests", 100, f'pytest tests/ -k "{TESTS_K}": the op tests on cuda for each GPU backend, '
+                            "test_cuda.py, the compile tests", [
+            pytest_command(ctx, ["tests/", "-k", TESTS_K], ["-rA"], parallel=True,
+                           env={"TORCHINDUCTOR_COMPILE_THREADS": "2"}),  # beside the xdist workers
+        ], ["module:pytest", "module:triton"], after="build",
+            expect=expected_tests(op_files) + [
+                r"^tests/test_cuda\.py::", r"^tests/test_triton_compile\.py::",
+                *[rf"^tests/test_compile\.py::.*\[cuda-{b}\]$" for b in ("cuda", "triton", "auto")],
+                *[rf"^tests/test_registry\.py::test_opcheck_.*\[cuda-{b}\]$" for b in ("cuda", "triton")]]),
+        Stage("memcheck", 50, "compute-sanitizer memcheck on the small op tests", [
+            pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", MEMCHECK_K], ["-rA"],
+                           wrapper=sanitizer("memcheck"), env=no_caching),
+        ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files),
+            count=120, sanitizer=True),
+        Stage("racecheck", 30, "compute-sanitizer racecheck on a few small cases", [
+            pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", RACECHECK_K], ["-rA"],
+                           wrapper=sanitizer("racecheck"), env=no_caching),
+        ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files),
+            count=8, sanitizer=True),
+        # Four small compiles (the reference path's ops, forward and forward+backward), then timing.
+        Stage("bench-ops", 60, "both ops forward and forward+backward at the acceptance shapes, copy bandwidth", [
+            pytest_command(ctx, ["benchmarks/test_ops.py", "--benchmark-only", "-k", BENCH_OPS_K],
+                           ["-rA", f"--benchmark-json={out / 'bench-ops.json'}"]),
+        ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=ops_ids, count=len(ops_ids)),
+        # Four whole-model compiles of the reference (about 20 s each is the guess; never measured).
+        Stage("bench-models", 110, "pre-training and fine-tuning steps at N = 16 and 128", [
+            pytest_command(ctx, ["benchmarks/test_models.py", "--benchmark-only", "-k", selection],
+                           ["-rA", f"--benchmark-json={out / name}"])
+            for selection, name in ((BENCH_EAGER_K, "bench-models.json"), (BENCH_COMPILED_K, "bench-compiled.json"))
+        ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=model_ids, count=len(model_ids),
+            keep_going=True),
+        Stage("report", 10, "benchmarks/report.py's table of both benchmark stages, the speed targets", [
+            Command([*me, "--merge", str(out / "bench.json"),
+                     *[str(out / name) for name in ("bench-ops.json", "bench-models.json", "bench-compiled.json")]]),
+            Command([ctx.python, "benchmarks/report.py", str(out / "bench.json")]),
+            Command([*me, "--targets", str(out / "bench.json"), str(out / "targets.json")]),
+        ], ["module:pytest_benchmark"], after="build"),
+    ]
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def base_env():
+    """The in-place build first on the path: the stages import the tree they run from."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "python"), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_command(command, log, deadline, grace, extra_env=None):
+    """Runs one command in its own process group, its output appended to `log`, stopping it
+    `grace` seconds before `deadline`. Returns (exit status, timed out)."""
+    env = base_env()
+    env.update(command.env)
+    env.update(extra_env or {})
+    with open(log, "a") as handle:
+        handle.write(f"\n$ {' '.join(command.argv)}\n")
+        handle.flush()
+        try:
+            process = subprocess.Popen(command.argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as error:
+            handle.write(f"cannot run {command.argv[0]}: {error}\n")
+            return 127, False
+        try:
+            return process.wait(timeout=max(0.1, deadline - grace - time.monotonic())), False
+        except subprocess.TimeoutExpired:
+            return stop(process, grace), True
+        except KeyboardInterrupt:
+            stop(process, grace)
+            raise
+
+
+def stop(process, grace):
+    """SIGINT to the command's process group (pytest then writes its summary and JSON), SIGKILL
+    if it has not ended within `grace` seconds. Returns its exit status."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+            return process.wait(timeout=wait)
+        except ProcessLookupError:
+            return process.wait()
+        except subprocess.TimeoutExpired:
+            continue
+    return -signal.SIGKILL
+
+
+def outcomes(text):
+    """{test id: outcome} from pytest's -rA lines."""
+    found = {}
+    for line in text.splitlines():
+        match = OUTCOME.match(line.strip())
+        if match:
+            found[match.group(2)] = match.group(1)
+    return found
+
+
+def missing(patterns, ids):
+    return [p for p in patterns if not any(re.search(p, i) for i in ids)]
+
+
+def examine(stage, log_text):
+    """(passed, details) from a finished stage's log."""
+    details = {}
+    ok = True
+    if stage.expect or stage.sanitizer:
+        results = outcomes(log_text)
+        failed = sorted(i for i, o in results.items() if o in ("FAILED", "ERROR", "XPASS"))
+        ran = [i for i, o in results.items() if o in ("PASSED", "FAILED", "ERROR")]
+        lines = [line.strip(" =") for line in log_text.splitlines()
+                 if RESULT_LINE.search(line) and not SANITIZER_SUMMARY.search(line)]
+        details.update(result=lines[-1] if lines else "no pytest result line", failed=failed)
+        details["not_run"] = missing(stage.expect, ran)
+        ok = not failed and not details["not_run"]
+    if stage.sanitizer:
+        counts = [int(n) for n in SANITIZER_SUMMARY.findall(log_text)]
+        details["sanitizer"] = f"ERROR SUMMARY: {sum(counts)} errors" if counts else "no ERROR SUMMARY"
+        ok = ok and bool(counts) and sum(counts) == 0
+    return ok, details
+
+
+def tail(text, lines=3):
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def run_stage(stage, ctx, log):
+    """Runs a stage's commands one after another within its budget. Returns its record."""
+    start = time.monotonic()
+    deadline = start + stage.budget_s
+    grace = min(GRACE_S, stage.budget_s / 3)
+    log.write_text(f"# {stage.name}: {stage.purpose} (budget {stage.budget_s} s)\n")
+    for command in stage.commands:  # no results of an earlier run pass for this one's
+        for argument in command.argv:
+            if argument.startswith("--benchmark-json="):
+                Path(argument.split("=", 1)[1]).unlink(missing_ok=True)
+    status, timed_out = 0, False
+    for command in stage.commands:
+        if time.monotonic() >= deadline - grace:
+            timed_out = True
+            break
+        result, timed_out = run_command(command, log, deadline, grace)
+        status = status or result
+        if timed_out or (result and not stage.keep_going):
+            break
+    text = log.read_text(errors="replace")
+    ok, details = examine(stage, text)
+    record = {"stage": stage.name, "budget_s": stage.budget_s, "seconds": round(time.monotonic() - start, 1),
+              "log": log.name, **details}
+    if timed_out:
+        record["status"] = "TIMEOUT"
+    elif status or not ok:
+        record["status"] = "FAIL"
+        if status:
+            record["exit_status"] = status
+    else:
+        record["status"] = "PASS"
+    if record["status"] != "PASS" and not record.get("failed"):
+        record["last_lines"] = tail(text)
+    return record
+
+
+def load_probe(ctx):
+    path = ctx.out / "env.json"
+    probe = json.loads(path.read_text()) if path.exists() else {}
+    if probe.get("capability"):
+        ctx.arch_list = arch_list(probe["capability"])
+    ctx.xdist = bool(probe.get("pytest-xdist"))
+    return probe
+
+
+def describe_gpu(probe):
+    if not probe.get("cuda_available"):
+        return "no CUDA GPU visible to torch"
+    return (f"{probe['gpu']} (compute capability {probe['capability']}), torch {probe['torch']} "
+            f"(CUDA {probe['torch_cuda']}), triton {probe.get('triton')}")
+
+
+def summary_lines(records, probe, total_s, out):
+    failed = [r for r in records if r["status"] != "PASS"]
+    lines = [f"GPU check: {describe_gpu(probe)}",
+             f"{len(records) - len(failed)} of {len(records)} stages passed in {total_s:.0f} s "
+             f"(limit {LIMIT_S} s); logs and JSON in {out}/", ""]
+    lines.append(f"{'stage':<13}{'result':<9}{'time / budget':>15}  detail")
+    for r in records:
+        detail = r.get("result", "")
+        if "sanitizer" in r:
+            detail += f"; {r['sanitizer']}"
+        if r.get("targets"):
+            detail = r["targets"]
+        if r["status"] == "SKIPPED":
+            detail = r["reason"]
+        lines.append(f"{r['stage']:<13}{r['status']:<9}{r.get('seconds', 0):>7.0f} / {r['budget_s']:>3} s  {detail}")
+        shown = r.get("failed", [])
+        lines += [f"    FAILED {name}" for name in shown[:8]]
+        if len(shown) > 8:
+            lines.append(f"    ... and {len(shown) - 8} more (see {r['log']})")
+        lines += [f"    did not run: {p}" for p in r.get("not_run", [])[:4]]
+        lines += [f"    | {line[:150]}" for line in r.get("last_lines", [])]
+    return lines
+
+
+def write_results(ctx, records, probe, started, bundle):
+    total = time.monotonic() - started
+    lines = summary_lines(records, probe, total, ctx.out)
+    (ctx.out / "summary.txt").write_text("\n".join(lines) + "\n")
+    summary = {"env": probe, "seconds": round(total, 1), "stages": records}
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if bundle:
+        bundle.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(bundle / "gpu-check.tar.gz", "w:gz") as archive:
+            archive.add(ctx.out, arcname=ctx.out.name)
+        for name in ("summary.txt", "summary.json"):
+            shutil.copy(ctx.out / name, bundle / name)
+    return lines
+
+
+def targets_line(out):
+    path = out / "targets.json"
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())
+    held = sum(r["held"] is True for r in rows)
+    return f"speed targets: {held} of {len(rows)} held (table above, targets.json)"
+
+
+def blocked(stage, records, probe, only):
+    """Why the stage cannot run, or None. A stage left out by --stages counts as done before."""
+    if stage.after == "gpu" and not probe.get("cuda_available"):
+        return "no GPU found (env)"
+    if stage.after and stage.after != "gpu" and (not only or stage.after in only):
+        if not any(r["stage"] == stage.after and r["status"] == "PASS" for r in records):
+            return f"{stage.after} did not pass"
+    return None
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(ctx, only, budgets, bundle):
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    records, probe = [], {}
+    (ctx.out / "env.json").unlink(missing_ok=True)  # the GPU found is this run's
+    previous = signal.signal(signal.SIGTERM, interrupt)  # a caller's timeout: stop the stage, write the summary
+    try:
+        for name in [s.name for s in stages(ctx)]:
+            # Built again for each stage: the env stage sets the arch list and the test workers.
+            stage = next(s for s in stages(ctx) if s.name == name)
+            stage.budget_s = budgets.get(name, stage.budget_s)
+            if only and name not in only and name != "env":
+                continue
+            reason = blocked(stage, records, probe, only)
+            if reason:
+                records.append({"stage": name, "status": "SKIPPED", "budget_s": stage.budget_s, "reason": reason})
+                continue
+            print(f"== {stage.name} (budget {stage.budget_s} s): {stage.purpose}", flush=True)
+            record = run_stage(stage, ctx, ctx.out / f"{stage.name}.log")
+            if stage.name == "env":
+                probe = load_probe(ctx)
+                record["status"] = record["status"] if probe.get("cuda_available") else "FAIL"
+                record["result"] = describe_gpu(probe)
+            if stage.name == "report":
+                record["targets"] = targets_line(ctx.out)
+                print((ctx.out / "report.log").read_text(errors="replace"), flush=True)
+            records.append(record)
+            print(f"   {record['status']} in {record['seconds']:.0f} s", flush=True)
+            write_results(ctx, records, probe, started, bundle)
+    except KeyboardInterrupt:
+        records.append({"stage": "interrupted", "status": "FAIL", "budget_s": 0, "result": "the check was stopped"})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    lines = write_results(ctx, records, probe, started, bundle)
+    print("\n" + "\n".join(lines), flush=True)
+    return 0 if records and all(r["status"] == "PASS" for r in records) else 1
+
+
+# ---- the dry run ---------------------------------------------------------------------------------
+
+def look_up(tool):
+    if tool.startswith("module:"):
+        return importlib.util.find_spec(tool.split(":", 1)[1]) is not None
+    return shutil.which(tool) is not None
+
+
+def dry_run_command(command, ctx, log):
+    """(ok, note) for one command checked without running it on a GPU."""
+    if command.collect is not None:
+        collect = Command([ctx.python, "-m", "pytest", "-p", "as_if_gpu", *command.collect, "--collect-only"],
+                          command.env)
+        # The build importable here (installed, or in place on PYTHONPATH), not the source tree
+        # as the current directory (PYTHONSAFEPATH), which lacks the kernels in a fresh clone.
+        here = {"PYTHONSAFEPATH": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")]))}
+        status, _ = run_command(collect, log, time.monotonic() + 300, GRACE_S, here)
+        return status == 0, f"pytest --collect-only exit {status}"
+    scripts = [a for a in command.argv if a.endswith(".py")]
+    for script in scripts:
+        if not (ROOT / script).exists():
+            return False, f"{script} does not exist"
+        py_compile.compile(str(ROOT / script), doraise=True)
+    if "--probe" in command.argv:  # runs anywhere: reports that no GPU is visible here
+        status, _ = run_command(command, log, time.monotonic() + 120, GRACE_S)
+        return status == 0, f"probe exit {status}"
+    return True, "scripts compile" if scripts else f"{command.argv[0]} named"
+
+
+def dry_run(ctx):
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    report, ok = [], True
+    all_stages = stages(ctx)
+    total = sum(s.budget_s for s in all_stages)
+    for stage in all_stages:
+        log = ctx.out / f"dry-run-{stage.name}.log"
+        log.write_text(f"# dry run of {stage.name}\n")
+        entry = {"stage": stage.name, "budget_s": stage.budget_s, "purpose": stage.purpose,
+                 "commands": [" ".join(c.argv) for c in stage.commands],
+                 "tools": {t: look_up(t) for t in stage.tools}, "checks": []}
+        for command in stage.commands:
+            good, note = dry_run_command(command, ctx, log)
+            entry["checks"].append(note)
+            ok &= good
+        if stage.expect:
+            ids = [line.strip() for line in log.read_text().splitlines() if "::" in line and not line.startswith("$")]
+            entry["collected"] = len(ids)
+            entry["not_collected"] = missing(stage.expect, ids)
+            ok &= not entry["not_collected"] and (stage.count is None or len(ids) == stage.count)
+            if stage.count is not None and len(ids) != stage.count:
+                entry["checks"].append(f"collected {len(ids)}, expected {stage.count}")
+        report.append(entry)
+    if total > LIMIT_S:
+        ok = False
+        print(f"the stage budgets add up to {total} s, past the {LIMIT_S} s the check must finish in")
+    wrapper = subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
+    if wrapper.returncode:
+        ok = False
+        print(f"bash -n scripts/gpu_check.sh: {wrapper.stderr.strip()}")
+    (ctx.out / "dry-run.json").write_text(json.dumps({"ok": ok, "budget_s": total, "stages": report}, indent=1))
+    print(f"GPU check dry run: stage budgets {total} s of {LIMIT_S} s; python {ctx.python}; "
+          f"arch list (as for an H100) {ctx.arch_list}\n")
+    for entry in report:
+        tools = ", ".join(f"{t.removeprefix('module:')}{'' if found else ' (not found here)'}"
+                          for t, found in entry["tools"].items())
+        collected = f"; collects {entry['collected']}" if "collected" in entry else ""
+        print(f"{entry['stage']:<13}{entry['budget_s']:>4} s  {'; '.join(entry['checks'])}{collected}")
+        print(f"{'':<19}tools: {tools}")
+        for pattern in entry.get("not_collected", []):
+            print(f"{'':<19}NOT COLLECTED: {pattern}")
+    print(f"\ndry run {'passed' if ok else 'FAILED'} (details: {ctx.out}/dry-run.json and dry-run-*.log)")
+    return 0 if ok else 1
+
+
+# ---- helpers the stages call (subcommands) --------------------------------------------------------
+
+def probe(path):
+    """The environment report: versions, the GPU and its compute capability."""
+    import importlib.metadata as metadata
+
+    import torch
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
+    for name in ("triton", "pytest", "pytest-benchmark", "pytest-xdist", "expecttest", "numpy", "setuptools",
+                 "ninja"):
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = None
+    if info["cuda_available"]:
+        info["gpu"] = torch.cuda.get_device_name()
+        info["capability"] = "%d.%d" % torch.cuda.get_device_capability()
+        info["gpu_memory_gib"] = round(torch.cuda.mem_get_info()[1] / 2**30, 1)
+    Path(path).write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def merge(target, sources):
+    """One pytest-benchmark JSON of the benchmark stages' files that exist."""
+    merged = None
+    for source in map(Path, sources):
+        if source.exists():
+            data = json.loads(source.read_text())
+            if merged is None:
+                merged = data
+            else:
+                merged["benchmarks"] += data["benchmarks"]
+    if merged is None:
+        print(f"no benchmark results: none of {', '.join(sources)} exists")
+        return 1
+    Path(target).write_text(json.dumps(merged, indent=1))
+    print(f"{len(merged['benchmarks'])} benchmarks in {target}")
+    return 0
+
+
+def load_report_module():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def evaluate_targets(groups, speedups):
+    """One row per (target, our backend): the measured figure and whether it holds."""
+    rows = []
+    for group, figure, least in TARGETS:
+        for provider in ("cuda", "triton"):
+            bench = groups.get(group, {}).get(provider)
+            if bench is None:
+                value = None
+            elif figure == "fraction_of_copy":
+                value = bench["extra_info"].get(figure)
+            else:
+                value = speedups[group][provider][0 if figure == "vs reference" else 1]
+            rows.append({"benchmark": group, "provider": provider, "figure": figure, "at_least": least,
+                         "measured": value, "held": None if value is None else value >= least})
+    return rows
+
+
+def targets(bench_json, target_json):
+    report = load_report_module()
+    _, groups = report.load_groups(bench_json)
+    rows = evaluate_targets(groups, report.speedups(groups))
+    Path(target_json).write_text(json.dumps(rows, indent=1))
+    print("\n| target | provider | needed | measured | verdict |\n|---|---|---:|---:|---|")
+    for r in rows:
+        if r["measured"] is None:
+            verdict, measured = "not measured", ""
+        else:
+            measured = f"{r['measured']:.3g}"
+            verdict = "held" if r["held"] else f"missed: {r['measured'] / r['at_least']:.0%} of the target"
+        print(f"| {r['benchmark']}: {r['figure']} | {r['provider']} | {r['at_least']} | {measured} | {verdict} |")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="gpu-check-out", help="folder for logs and JSON results")
+    parser.add_argument("--bundle", type=Path, help="also write gpu-check.tar.gz and the summary here")
+    parser.add_argument("--dry-run", action="store_true", help="check every stage's command line, without a GPU")
+    parser.add_argument("--stages", help="comma-separated stages to run (env always runs)")
+    parser.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
+                        help="another time budget for a stage")
+    parser.add_argument("--probe", metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--targets", nargs=2, metavar="JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        return probe(args.probe)
+    if args.merge:
+        return merge(args.merge[0], args.merge[1:])
+    if args.targets:
+        return targets(*args.targets)
+    ctx = Context(out=(ROOT / args.out).resolve())
+    names = [s.name for s in stages(ctx)]
+    only = set(args.stages.split(",")) if args.stages else set()
+    budgets = {}
+    for item in args.budget:
+        name, _, seconds = item.partition("=")
+        if name not in names or not seconds.isdigit():
+            parser.error(f"--budget expects STAGE=SECONDS with STAGE one of {names}, got {item!r}")
+        budgets[name] = int(seconds)
+    if only - set(names):
+        parser.error(f"--stages: unknown {sorted(only - set(names))}; stages are {names}")
+    if args.dry_run:
+        return dry_run(ctx)
+    return run(ctx, only, budgets, args.bundle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
