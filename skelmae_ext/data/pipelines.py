@@ -1,0 +1,34 @@
+"""The default pipelines (DESIGN.md section 7), as PYSKL-style config lists that a command line
+can print and override, and the augmentation magnitudes they use: tune them here."""
+
+# Training augmentation: RandomRot's theta (radians; 2D in-plane), RandomScale's scale (per
+# axis, 1 +- scale), RandomGaussianNoise's sigma (relative to each frame's skeleton size).
+AUGMENTATION = {"rotation": 0.2, "scale": 0.1, "noise": 0.01}
+
+
+def default_pipeline(mode="train", clip_len=64, num_clips=1, feats=("j",), *, dims=2, num_person=2,
+                     augment=True, with_score=False, rotation=None, scale=None, noise=None):
+    """The transforms for ``mode`` ("train" or "test") on ``dims``-D data (2 or 3):
+    PreNormalize2D / PreNormalize3D, UniformSample(clip_len, num_clips), PoseDecode, in training
+    (with ``augment``) RandomRot, RandomScale and RandomGaussianNoise (magnitudes from
+    AUGMENTATION unless given; 0 leaves one out), then GenSkeFeat(feats, with_score) and
+    FormatGCNInput(num_person). The output channels are the coordinates (2 or 3) per feature,
+    plus the score channel with ``with_score``."""
+    if mode not in ("train", "test"):
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3 (the keypoints' coordinates), got {dims!r}")
+    pipeline = [{"type": f"PreNormalize{dims}D"},
+                {"type": "UniformSample", "clip_len": clip_len, "num_clips": num_clips},
+                {"type": "PoseDecode"}]
+    if mode == "train" and augment:
+        magnitudes = dict(AUGMENTATION)
+        magnitudes.update({k: v for k, v in (("rotation", rotation), ("scale", scale), ("noise", noise)) if v is not None})
+        for name, config in (("rotation", {"type": "RandomRot", "theta": magnitudes["rotation"]}),
+                             ("scale", {"type": "RandomScale", "scale": magnitudes["scale"]}),
+                             ("noise", {"type": "RandomGaussianNoise", "sigma": magnitudes["noise"]})):
+            if magnitudes[name]:
+                pipeline.append(config)
+    pipeline += [{"type": "GenSkeFeat", "feats": list(feats), "with_score": with_score},
+                 {"type": "FormatGCNInput", "num_person": num_person}]
+    return pipeline
