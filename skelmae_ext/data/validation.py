@@ -164,15 +164,20 @@ def check_annotations(annotations, layout, where, num_classes=None):
 
 
 def validate(source, split=None, layout=None):
-    """Checks ``source`` (a path or loaded annotations) or one split of it; raises a DataError
-    naming the file, each bad sample and what to do. Returns the layout the data fits."""
+    """Checks ``source`` (a path or loaded annotations), or one split of it: raises a DataError
+    naming the file, each bad sample and what to do. Returns the layout the data fits (``layout``,
+    else the one its joint count implies)."""
     from .readers import load_annotations  # here: readers imports this module for DataError
 
     where = source_name(source)
     data = load_annotations(source)
-    splits = [split] if split is not None else list(data["split"]) or [None]
-    num_classes = len(data["classes"]) if data.get("classes") is not None else None
-    layout = resolve_layout(layout, data["annotations"], where)
-    for name in splits:
-        check_annotations(select_split(data, name, where), layout, where, num_classes)
+    if split is None:  # every sample, and every split's names (an empty split is no error here)
+        for name, names in data["split"].items():
+            if names:
+                select_split(data, name, where)
+        annotations = data["annotations"]
+    else:
+        annotations = select_split(data, split, where)
+    layout = resolve_layout(layout, annotations, where)
+    check_annotations(annotations, layout, where, num_classes_of(data, where))
     return layout
