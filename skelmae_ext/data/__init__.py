@@ -15,7 +15,7 @@ import os
 
 from .dataset import EpochSampler, SkeletonDataset, default_workers, make_loader
 from .describe import describe, format_description
-from .pipelines import AUGMENTATION, default_pipeline
+from .pipelines import AUGMENTATION, Compose, build_transform, default_pipeline
 from .readers import (
     UnsafePickleError,
     convert,
@@ -28,7 +28,6 @@ from .readers import (
 )
 from .transforms import (
     TRANSFORMS,
-    Compose,
     FormatGCNInput,
     GenSkeFeat,
     PoseDecode,
@@ -38,7 +37,6 @@ from .transforms import (
     RandomRot,
     RandomScale,
     UniformSample,
-    build_transform,
 )
 from .validation import DataError, layout_for_joints, validate
 

@@ -17,13 +17,13 @@ probabilities).
 """
 
 import os
+import random
 
 import numpy as np
 import torch
 
-from .pipelines import default_pipeline
+from .pipelines import Compose, default_pipeline
 from .readers import load_annotations
-from .transforms import Compose
 from .validation import (
     DataError,
     check_annotations,
@@ -142,8 +142,6 @@ def default_workers():
 def _seed_worker(worker_id):
     # The transforms draw only from their per-sample generators; this seeds numpy's and
     # Python's global state too, in case a custom transform uses them.
-    import random
-
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -1,5 +1,8 @@
-"""The default pipelines (DESIGN.md section 7), as PYSKL-style config lists that a command line
-can print and override, and the augmentation magnitudes they use: tune them here."""
+"""Pipelines: ``Compose`` of transforms built from PYSKL-style configs ``dict(type=...,
+**kwargs)``, and the default pipelines (DESIGN.md section 7) as such config lists, which a
+command line can print and override, with the augmentation magnitudes they use: tune them here."""
+
+from .transforms import TRANSFORMS, Transform
 
 # Training augmentation: RandomRot's theta (radians; 2D in-plane), RandomScale's scale (per
 # axis, 1 +- scale), RandomGaussianNoise's sigma (relative to each frame's skeleton size).
@@ -32,3 +35,37 @@ def default_pipeline(mode="train", clip_len=64, num_clips=1, feats=("j",), *, di
     pipeline += [{"type": "GenSkeFeat", "feats": list(feats), "with_score": with_score},
                  {"type": "FormatGCNInput", "num_person": num_person}]
     return pipeline
+
+
+class Compose(Transform):
+    """Runs transforms in order; each item a transform or a config ``dict(type=..., **kwargs)``."""
+
+    def __init__(self, transforms):
+        if isinstance(transforms, dict) or not isinstance(transforms, (list, tuple)):
+            raise ValueError(f"a pipeline is a list of transforms or config dicts, got {type(transforms).__name__}")
+        self.transforms = [build_transform(t) if isinstance(t, dict) else t for t in transforms]
+        for transform in self.transforms:
+            if not callable(transform):
+                raise ValueError(f"pipeline item {transform!r} is neither a config dict nor callable")
+
+    def __call__(self, results):
+        for transform in self.transforms:
+            results = transform(results)
+        return results
+
+
+_NOT_NEEDED = ("Collect", "ToTensor")  # PYSKL's last steps; SkeletonDataset returns (tensor, label) itself
+
+
+def build_transform(config):
+    """A transform from ``dict(type=name, **kwargs)`` (PYSKL's config form)."""
+    kwargs = dict(config)
+    name = kwargs.pop("type", None)
+    if name not in TRANSFORMS:
+        hint = " (not needed: SkeletonDataset returns (keypoint tensor, label) itself; drop it)" \
+            if name in _NOT_NEEDED else ""
+        raise ValueError(f"unknown transform type {name!r}{hint}; known: {sorted(TRANSFORMS)}")
+    try:
+        return TRANSFORMS[name](**kwargs)
+    except TypeError as error:
+        raise ValueError(f"transform {name}: bad arguments {kwargs} ({error})") from error

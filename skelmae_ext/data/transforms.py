@@ -64,16 +64,20 @@ class PreNormalize2D(Transform):
         if not (height > 0 and width > 0):
             raise ValueError(f"PreNormalize2D: img_shape must be a positive (height, width), got "
                              f"{(height, width)}{_where(results)}")
-        half = np.array([width / 2, height / 2], dtype=np.float32)
-        keypoint = results["keypoint"].astype(np.float32)  # a copy: the stored array stays as it is
-        xy = keypoint[..., :2]
-        xy -= half
-        xy /= half
+        keypoint = results["keypoint"]
+        scale = np.array([2 / width, 2 / height], dtype=np.float32)
+        if keypoint.shape[-1] == 2:
+            keypoint = keypoint * scale  # a new float32 array: the stored one stays as it is
+            keypoint -= 1
+        else:
+            keypoint = keypoint.astype(np.float32)
+            keypoint[..., :2] *= scale
+            keypoint[..., :2] -= 1
         score = results.get("keypoint_score")
         if score is not None:
             undetected = score <= self.threshold
             if undetected.any():
-                xy[undetected] = 0
+                keypoint[..., :2][undetected] = 0
         results["keypoint"] = keypoint
         return results
 
@@ -145,7 +149,7 @@ class UniformSample(Transform):
     def __init__(self, clip_len, num_clips=1, p_interval=1, seed=255):
         self.clip_len, self.num_clips, self.seed = clip_len, num_clips, seed
         self.p_interval = tuple(p_interval) if isinstance(p_interval, (tuple, list)) else (p_interval, p_interval)
-        self._test_indices = {}
+        self._test_indices, self._segment_cache = {}, {}  # per video length
 
     def __call__(self, results):
         frames = results["keypoint"].shape[1]
@@ -153,20 +157,30 @@ class UniformSample(Transform):
             indices = self._test_indices.get(frames)
             if indices is None:
                 state = np.random.RandomState(self.seed)
-                indices = self._sample(frames, state.rand, state.randint, state.choice, test_mode=True)
+                indices = self._sample(frames, state.rand, state.randint, state.choice, state.randint,
+                                       crop=True, test_mode=True)
                 indices.flags.writeable = False
                 self._test_indices[frames] = indices
         else:
             rng = _rng(results, "UniformSample")
-            indices = self._sample(frames, rng.random, rng.integers, rng.choice, test_mode=False)
+
+            def within(sizes):  # one uniform draw per segment (PYSKL's randint(sizes), cheaper)
+                return (rng.random(len(sizes)) * sizes).astype(np.int64)
+
+            indices = self._sample(frames, rng.random, rng.integers, rng.choice, within,
+                                   crop=self.p_interval != (1, 1), test_mode=False)
         results.update(frame_inds=indices, clip_len=self.clip_len, num_clips=self.num_clips)
         return results
 
-    def _sample(self, frames, uniform, integers, choice, test_mode):
-        clips, low, high = [], *self.p_interval
+    def _sample(self, frames, uniform, integers, choice, within, crop, test_mode):
+        """PYSKL's draws in PYSKL's order (test mode reproduces its indices exactly); training
+        without a crop skips the crop's draws."""
+        clips, (low, high) = [], self.p_interval
         for clip in range(self.num_clips):
-            length = int((uniform() * (high - low) + low) * frames)
-            offset = integers(frames - length + 1)
+            length, offset = frames, 0
+            if crop:
+                length = int((uniform() * (high - low) + low) * frames)
+                offset = integers(frames - length + 1)
             if length < self.clip_len:
                 if test_mode:
                     start = clip if length < self.num_clips else clip * length // self.num_clips
@@ -178,10 +192,16 @@ class UniformSample(Transform):
                 skips[choice(self.clip_len + 1, length - self.clip_len, replace=False)] = 1
                 indices = np.arange(self.clip_len) + np.cumsum(skips)[:-1]
             else:  # one random frame per segment
-                bounds = np.arange(self.clip_len + 1) * length // self.clip_len
-                indices = bounds[:-1] + integers(np.diff(bounds))
+                starts, sizes = self._segments(length)
+                indices = starts + within(sizes)
             clips.append(indices + offset)
         return np.mod(np.concatenate(clips), frames)
+
+    def _segments(self, length):
+        if length not in self._segment_cache:
+            bounds = np.arange(self.clip_len + 1) * length // self.clip_len
+            self._segment_cache[length] = bounds[:-1], np.diff(bounds)
+        return self._segment_cache[length]
 
 
 @register()
@@ -199,10 +219,6 @@ class PoseDecode(Transform):
         return results
 
 
-def _all_zero(keypoint):
-    return not keypoint.any()
-
-
 @register()
 class RandomRot(Transform):
     """A random rotation of the coordinates about the origin: 2D in-plane by an angle drawn from
@@ -215,7 +231,7 @@ class RandomRot(Transform):
 
     def __call__(self, results):
         keypoint = results["keypoint"]
-        if _all_zero(keypoint):
+        if not keypoint.any():
             return results
         rng = _rng(results, "RandomRot")
         channels = keypoint.shape[-1]
@@ -226,7 +242,8 @@ class RandomRot(Transform):
             rotation = _rotation_3d(2, z) @ _rotation_3d(1, y) @ _rotation_3d(0, x)
         else:
             raise ValueError(f"RandomRot: keypoint must have 2 or 3 coordinates, got {channels}{_where(results)}")
-        results["keypoint"] = keypoint @ rotation.T.astype(keypoint.dtype)
+        results["keypoint"] = (keypoint.reshape(-1, channels) @ rotation.T.astype(keypoint.dtype)).reshape(
+            keypoint.shape)  # one 2D product is several times faster than a batched one here
         return results
 
 
@@ -261,10 +278,12 @@ class RandomScale(Transform):
 
 @register()
 class RandomGaussianNoise(Transform):
-    """PYSKL's joint noise (the paper's "pixel noise"): each joint moves in a random direction by
-    N(0, sigma) times the size of its frame's skeleton (the diagonal of its bounding box;
-    ``base="video"``: of the whole sequence's). All-zero frames (padding) stay zero (PYSKL tests
-    the bounding box's corner instead, which also skips real frames whose corner is near 0)."""
+    """PYSKL's joint noise (the paper's "pixel noise"): each coordinate of each joint moves by
+    N(0, (sigma * size)^2 / C), ``size`` the diagonal of its frame's bounding box (``base=
+    "video"``: of the whole sequence's), so a joint moves sigma * size in root mean square, as in
+    PYSKL (which draws a Gaussian length along a random direction; this draws an isotropic
+    Gaussian). All-zero frames (padding) stay zero (PYSKL tests the bounding box's corner
+    instead, which also skips real frames whose corner is near 0)."""
 
     def __init__(self, sigma=0.01, base="frame"):
         if base not in ("frame", "video"):
@@ -278,17 +297,15 @@ class RandomGaussianNoise(Transform):
         shown = graphs.reshape(len(graphs), -1).any(axis=1)
         if not shown.any():
             return results
-        by_channel = np.ascontiguousarray(graphs.transpose(0, 2, 1))  # numpy reduces a last axis fastest
-        low, high = by_channel.min(axis=-1), by_channel.max(axis=-1)
+        low = np.stack([graphs[..., c].min(axis=1) for c in range(channels)], axis=-1)  # per channel: fast
+        high = np.stack([graphs[..., c].max(axis=1) for c in range(channels)], axis=-1)
         if self.base == "video":
             low, high = low[shown].min(axis=0), high[shown].max(axis=0)
-        size = np.sqrt(np.square(high - low).sum(axis=-1)) * shown
-        rng = _rng(results, "RandomGaussianNoise")
-        magnitude = rng.standard_normal((len(graphs), joints), dtype=np.float32) * (self.sigma * size)[..., None]
-        direction = rng.random(graphs.shape, dtype=np.float32) * 2 - 1
-        length = np.sqrt(np.einsum("gvc,gvc->gv", direction, direction))
-        direction *= (magnitude / np.maximum(length, 1e-12))[..., None]
-        results["keypoint"] = keypoint + direction.reshape(keypoint.shape).astype(keypoint.dtype, copy=False)
+        size = np.sqrt(np.square(high - low).sum(axis=-1))
+        std = (self.sigma / np.sqrt(channels)) * size * shown
+        noise = _rng(results, "RandomGaussianNoise").standard_normal(graphs.shape, dtype=np.float32)
+        noise *= std.astype(np.float32)[:, None, None]
+        results["keypoint"] = keypoint + noise.reshape(keypoint.shape).astype(keypoint.dtype, copy=False)
         return results
 
 
@@ -377,37 +394,3 @@ class FormatGCNInput(Transform):
             out[:, :kept] = source
         results["keypoint"] = out
         return results
-
-
-class Compose(Transform):
-    """Runs transforms in order; each item a transform or a config ``dict(type=..., **kwargs)``."""
-
-    def __init__(self, transforms):
-        if isinstance(transforms, dict) or not isinstance(transforms, (list, tuple)):
-            raise ValueError(f"a pipeline is a list of transforms or config dicts, got {type(transforms).__name__}")
-        self.transforms = [build_transform(t) if isinstance(t, dict) else t for t in transforms]
-        for transform in self.transforms:
-            if not callable(transform):
-                raise ValueError(f"pipeline item {transform!r} is neither a config dict nor callable")
-
-    def __call__(self, results):
-        for transform in self.transforms:
-            results = transform(results)
-        return results
-
-
-_NOT_NEEDED = ("Collect", "ToTensor")  # PYSKL's last steps; SkeletonDataset returns (tensor, label) itself
-
-
-def build_transform(config):
-    """A transform from ``dict(type=name, **kwargs)`` (PYSKL's config form)."""
-    kwargs = dict(config)
-    name = kwargs.pop("type", None)
-    if name not in TRANSFORMS:
-        hint = " (not needed: SkeletonDataset returns (keypoint tensor, label) itself; drop it)" \
-            if name in _NOT_NEEDED else ""
-        raise ValueError(f"unknown transform type {name!r}{hint}; known: {sorted(TRANSFORMS)}")
-    try:
-        return TRANSFORMS[name](**kwargs)
-    except TypeError as error:
-        raise ValueError(f"transform {name}: bad arguments {kwargs} ({error})") from error
