@@ -36,3 +36,14 @@ def write_pickle(path, obj):
     with open(path, "wb") as handle:
         pickle.dump(obj, handle, protocol=4)
     return str(path)
+
+
+def ctrgcn_arrays(count, frames, lengths, persons_present, seed=0):
+    """x [N, frames, 2*25*3] zero-padded as CTR-GCN writes it, and the [M, T, V, C] samples."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((count, frames, 2, 25, 3), dtype=np.float32)
+    samples = []
+    for n, (length, present) in enumerate(zip(lengths, persons_present)):
+        x[n, :length, :present] = rng.standard_normal((length, present, 25, 3))
+        samples.append(x[n, :length, :present].transpose(1, 0, 2, 3))
+    return x.reshape(count, frames, 150), samples

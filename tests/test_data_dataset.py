@@ -16,8 +16,7 @@ from skelmae_ext.data import (
     validate,
 )
 
-from annotations import BANDAI3D_SAMPLE, COCO2D_SAMPLE, NTU_SAMPLE, dataset
-from test_data_readers import ctrgcn_arrays
+from annotations import BANDAI3D_SAMPLE, COCO2D_SAMPLE, NTU_SAMPLE, ctrgcn_arrays, dataset
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from skelmae_ext.data import (
     save_annotations,
 )
 
-from annotations import COCO2D_SAMPLE, NTU_SAMPLE, annotation, dataset, write_pickle
+from annotations import COCO2D_SAMPLE, NTU_SAMPLE, annotation, ctrgcn_arrays, dataset, write_pickle
 
 
 def assert_same_annotations(got, expected):
@@ -149,17 +149,6 @@ def test_loading_holds_at_most_twice_the_file(tmp_path):
     tracemalloc.stop()
     assert len(loaded["annotations"]) == 300
     assert peak < 2 * os.path.getsize(path), (peak, os.path.getsize(path))
-
-
-def ctrgcn_arrays(count, frames, lengths, persons_present, seed=0):
-    """x [N, frames, 2*25*3] zero-padded as CTR-GCN writes it, and the [M, T, V, C] samples."""
-    rng = np.random.default_rng(seed)
-    x = np.zeros((count, frames, 2, 25, 3), dtype=np.float32)
-    samples = []
-    for n, (length, present) in enumerate(zip(lengths, persons_present)):
-        x[n, :length, :present] = rng.standard_normal((length, present, 25, 3))
-        samples.append(x[n, :length, :present].transpose(1, 0, 2, 3))
-    return x.reshape(count, frames, 150), samples
 
 
 def test_ctrgcn_npz(tmp_path):
