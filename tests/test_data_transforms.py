@@ -46,6 +46,11 @@ def test_pre_normalize_2d_by_image_shape_and_score():
     assert keypoint[0, 0, 0, 0] == 150  # the input is not modified
 
 
+def test_pre_normalize_2d_rejects_an_empty_image_shape():
+    with pytest.raises(ValueError, match=r"img_shape must be a positive \(height, width\), got \(0, 0\) \(sample 'a'\)"):
+        PreNormalize2D()({"keypoint": np.ones((1, 2, 17, 2)), "img_shape": (0, 0), "frame_dir": "a"})
+
+
 def test_pre_normalize_2d_default_shape_bounds_pixels_to_unit_box():
     keypoint = rng().random((2, 30, 17, 2)) * [1919, 1079]
     normalised = PreNormalize2D()({"keypoint": keypoint})["keypoint"]  # no img_shape: 1080 x 1920

@@ -46,6 +46,7 @@ SAMPLE_CASES = {
                                      keypoint_score=np.zeros((1, 0, 17))),
                   r"has no frames \(keypoint shape \(1, 0, 17, 2\)\): drop the sample"),
     "total_frames mismatch": (set_key("total_frames", 25), r"total_frames is 25 but keypoint has 20 frames"),
+    "total_frames zero": (set_key("total_frames", 0), r"total_frames is 0 but keypoint has 20 frames"),
     "zero img_shape": (set_key("img_shape", (0, 0)), r"img_shape must be \(height, width\) in pixels, both > 0"),
 }
 
