@@ -1,5 +1,5 @@
-"""Data loading: samples/s of the default training pipeline (PreNormalize2D, UniformSample(64),
-PoseDecode, RandomRot, RandomScale, RandomGaussianNoise, GenSkeFeat, FormatGCNInput: the
+"""Data loading: samples/s of the default training pipeline (UniformSample(64), PoseDecode,
+PreNormalize2D, RandomRot, RandomScale, RandomGaussianNoise, GenSkeFeat, FormatGCNInput: the
 model input [2, 64, 17, 2]) through make_loader, batch 16, over the bundled data's training
 split (2187 sequences), with 0 workers (in this process), 1 and the default count.
 

@@ -283,7 +283,7 @@ def test_build_from_configs_and_errors():
 
 def test_default_pipelines():
     train = default_pipeline("train", clip_len=32)
-    assert [t["type"] for t in train] == ["PreNormalize2D", "UniformSample", "PoseDecode", "RandomRot",
+    assert [t["type"] for t in train] == ["UniformSample", "PoseDecode", "PreNormalize2D", "RandomRot",
                                           "RandomScale", "RandomGaussianNoise", "GenSkeFeat", "FormatGCNInput"]
     assert (train[3]["theta"], train[4]["scale"], train[5]["sigma"]) == (
         AUGMENTATION["rotation"], AUGMENTATION["scale"], AUGMENTATION["noise"])
