@@ -222,7 +222,10 @@ def read_ntu(path, num_person=2):
     annotations, empty = [], []
     for file in files:
         annotation = read_ntu_skeleton(file, num_person)
-        (annotations if annotation is not None else empty).append(annotation or os.path.basename(file))
+        if annotation is None:
+            empty.append(os.path.basename(file))
+        else:
+            annotations.append(annotation)
     if empty:
         warnings.warn(f"{path}: {len(empty)} .skeleton files hold no skeleton and were skipped "
                       f"(first: {empty[0]})", stacklevel=2)
