@@ -1,4 +1,4 @@
-"""Skeleton graphs for the op tests: PYSKL's edge lists of the three standard layouts."""
+"""Skeleton graphs for the op tests: PYSKL's edge lists and bone pairs of the three standard layouts."""
 
 import torch
 
@@ -14,6 +14,20 @@ EDGES = {
         (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
         (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
         (20, 19), (22, 8), (23, 8), (24, 12), (25, 12)]],
+}
+
+# PYSKL's JointToBone pairs (joint, parent) per layout, quirks included (COCO's hips hang off the
+# nose, NTU's hand tips chain through the thumbs, OpenPose's neck hangs off the nose).
+BONE_PAIRS = {
+    17: [(0, 0), (1, 0), (2, 0), (3, 1), (4, 2), (5, 0), (6, 0), (7, 5), (8, 6), (9, 7), (10, 8), (11, 0),
+         (12, 0), (13, 11), (14, 12), (15, 13), (16, 14)],
+    18: [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9), (11, 5),
+         (12, 11), (13, 12), (14, 0), (15, 0), (16, 14), (17, 15)],
+    # CTR-GCN's bone_pairs.py (1-based), shifted to 0-based
+    25: [(i - 1, j - 1) for i, j in [
+        (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
+        (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19), (21, 21),
+        (22, 23), (23, 8), (24, 25), (25, 12)]],
 }
 
 # Joints of "right arm + right leg" (the paper's best masking) in each layout.

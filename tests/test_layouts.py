@@ -113,3 +113,49 @@ def test_invalid_custom_layout(case):
 def test_unknown_layout_name():
     with pytest.raises(ValueError, match=r"unknown layout 'kinect'.*built-in"):
         layouts.get_layout("kinect")
+
+
+@pytest.mark.parametrize("name", ["coco", "openpose", "nturgb+d"])
+def test_standard_layouts_have_pyskl_bone_parents(name):
+    # PYSKL's JointToBone pairs, quirks included (tests/skeletons.py, written out independently)
+    layout = layouts.get_layout(name)
+    assert sorted(enumerate(layout.parents)) == sorted(skeletons.BONE_PAIRS[layout.num_joints])
+
+
+def test_dataset_layouts_have_their_skeletons_parents():
+    # bandai2.json's "parents" (root -1 = itself) and msr_action3d.json's (child, parent) edges
+    assert layouts.get_layout("bandai2").parents == (0, 0, 1, 2, 3, 2, 5, 6, 7, 2, 9, 10, 11, 0, 13, 14, 15, 0,
+                                                     17, 18, 19)
+    assert layouts.get_layout("msr_action3d").parents == (2, 2, 3, 6, 6, 6, 6, 0, 1, 7, 8, 9, 10, 4, 5, 13, 14,
+                                                          15, 16, 2)
+
+
+def test_custom_parents_from_edges_and_centre():
+    assert layouts.get_layout(STAR).parents == (0, 0, 0, 0, 0)
+    chain = {"name": "chain", "joints": list("abcde"), "edges": [[0, 1], [1, 2], [3, 2], [4, 3]], "center": 2,
+             "parts": [[0, 1], [2], [3, 4]]}
+    assert layouts.get_layout(chain).parents == (1, 2, 2, 2, 3)  # each towards the centre, whatever the pair order
+    explicit = layouts.get_layout(dict(chain, parents=[1, 2, -1, 2, 3]))
+    assert explicit.parents == (1, 2, 2, 2, 3)
+    assert layouts.get_layout(explicit.to_dict()) == explicit
+
+
+@pytest.mark.parametrize("parents, message", [
+    ([0, 0, 0], r"parents must give one parent per joint \(5\), got 3"),
+    ([0, 0, 0, 0, 7], r"parent 7 of joint 4 is out of range for 5 joints"),
+    ([0, 0, 0, 0.5, 0], r"parent of joint 3 must be an integer joint index, got 0\.5"),
+])
+def test_invalid_parents(parents, message):
+    with pytest.raises(ValueError, match=message):
+        layouts.get_layout(_with(parents=parents))
+
+
+def test_layout_json_that_does_not_parse_names_its_file(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "star", "joints": [')
+    with pytest.raises(ValueError, match=r"layout file '.*broken\.json' is not valid JSON \(Expecting value"):
+        layouts.get_layout(broken)
+    listed = tmp_path / "listed.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"layout file '.*listed\.json': a custom layout must be a dict, got list"):
+        layouts.get_layout(str(listed))

@@ -10,7 +10,7 @@ import torch
 import skelmae_ext
 import skelmae_reference
 from skelmae_ext import layouts, ops
-from skelmae_ext.data import annotation_to_input, load_pyskl
+from skelmae_ext.data import SkeletonDataset
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # Every backend that runs here; Triton's (the interpreter) only in the `-m triton` process.
@@ -18,11 +18,12 @@ BACKENDS = [pytest.param(b, marks=[pytest.mark.triton] if b == "triton" else [])
 BUILTIN = ["coco", "nturgb+d", "openpose", "bandai2", "msr_action3d"]
 
 
-def real_batch(name="bandai2_coco2d_sample.pkl", count=4, clip_len=64):
-    """[N, 2, T, V, C] from the bundled real sequences (the second person is padding)."""
-    annotations = load_pyskl(os.path.join(DATA, name))["annotations"][:count]
-    x = torch.stack([annotation_to_input(a, clip_len) for a in annotations])
-    return x, torch.tensor([a["label"] for a in annotations])
+def real_batch(name="bandai2_coco2d_sample.pkl", count=4, clip_len=64, layout=None):
+    """[N, 2, T, V, C] from the test data's real sequences through the test pipeline (the
+    second person is padding)."""
+    dataset = SkeletonDataset(os.path.join(DATA, name), None, layout=layout, mode="test", clip_len=clip_len)
+    x = torch.stack([dataset[i][0][0] for i in range(count)])
+    return x, torch.tensor(dataset.labels[:count])
 
 
 def random_batch(layout="coco", channels=2, n=3, t=8, seed=0):
@@ -126,7 +127,7 @@ def test_skeletonmae_is_a_drop_in_twin_on_real_data(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_skeletonmae_twin_on_real_3d_mocap(backend):
     reference, fast = twins("SkeletonMAE", layout="bandai2", in_channels=3, backend=backend)
-    assert_twins_agree(reference, fast, real_batch("bandai2_sample.pkl", clip_len=16)[0])
+    assert_twins_agree(reference, fast, real_batch("bandai2_sample.pkl", clip_len=16, layout="bandai2")[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -10,9 +10,18 @@ part in every layout: 0 head, 1 torso, 2 left arm, 3 right arm, 4 left leg, 5 ri
 ("left" is the subject's left). COCO's is the paper's (Fig. 2(d)); the limbs of the others hold
 the joints from the elbow / knee outwards, like COCO's, and the torso the shoulders and hips.
 
+Each joint has a bone parent (``parents``; the root is its own parent, so its bone is zero): the
+bone features (PYSKL's ``JointToBone``) are ``joint - joint[parent]``. The built-in standard
+layouts use PYSKL's bone pairs exactly, quirks included (COCO's hips hang off the nose, not the
+shoulders; NTU's hand tips chain through the thumbs; OpenPose's neck hangs off the nose), so
+bone features match PYSKL's; the bundled datasets' layouts use their skeletons' parents.
+
 A custom layout is a dict (or a JSON file of one) of the form
 ``{"name": str, "joints": [str, ...], "edges": [[i, j], ...], "center": int,
-"parts": [[int, ...], ...], "flip_pairs": [[i, j], ...]}`` (``flip_pairs`` optional).
+"parts": [[int, ...], ...], "flip_pairs": [[i, j], ...], "parents": [int, ...]}``
+(``flip_pairs`` and ``parents`` optional). Without ``parents``, each joint's parent is its
+neighbour on the way to the centre (a breadth-first tree of the edges from the centre); in
+``parents`` the root may be given as itself or as -1.
 """
 
 import json
@@ -32,9 +41,14 @@ class Layout:
     center: int
     parts: tuple  # tuples of joint ids, disjoint and non-empty
     flip_pairs: tuple = ()  # (left, right) joint pairs
+    parents: tuple = None  # bone parent per joint (the root: itself); None: derived from the edges
 
     def __post_init__(self):
         _validate(self)
+        if self.parents is None:
+            object.__setattr__(self, "parents", _tree_parents(self))  # frozen dataclass
+        else:
+            object.__setattr__(self, "parents", _checked_parents(self))
 
     @property
     def num_joints(self):
@@ -66,7 +80,7 @@ class Layout:
     def to_dict(self):
         return {"name": self.name, "joints": list(self.joints), "edges": [list(e) for e in self.edges],
                 "center": self.center, "parts": [list(p) for p in self.parts],
-                "flip_pairs": [list(p) for p in self.flip_pairs]}
+                "flip_pairs": [list(p) for p in self.flip_pairs], "parents": list(self.parents)}
 
 
 def _normalize_columns(matrix):
@@ -125,8 +139,47 @@ def _check_connected(layout):
         _fail(layout.name, f"graph is not connected: joints {missing} cannot be reached from the center")
 
 
+def _tree_parents(layout):
+    """Each joint's neighbour on its way to the centre (breadth-first from the centre)."""
+    neighbours = {v: [] for v in range(len(layout.joints))}
+    for i, j in layout.edges:
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    parents = {layout.center: layout.center}
+    frontier = [layout.center]
+    while frontier:
+        following = []
+        for u in frontier:
+            for v in neighbours[u]:
+                if v not in parents:
+                    parents[v] = u
+                    following.append(v)
+        frontier = following
+    return tuple(parents[v] for v in range(len(layout.joints)))
+
+
+def _checked_parents(layout):
+    v = len(layout.joints)
+    if len(layout.parents) != v:
+        _fail(layout.name, f"parents must give one parent per joint ({v}), got {len(layout.parents)}")
+    parents = []
+    for joint, parent in enumerate(layout.parents):
+        if isinstance(parent, bool) or not isinstance(parent, int):
+            _fail(layout.name, f"parent of joint {joint} must be an integer joint index, got {parent!r}")
+        if not -1 <= parent < v:
+            _fail(layout.name, f"parent {parent} of joint {joint} is out of range for {v} joints (-1 or 0..{v - 1})")
+        parents.append(joint if parent == -1 else parent)
+    return tuple(parents)
+
+
 def _pairs(flat):
     return tuple(tuple(pair) for pair in flat)
+
+
+def _parents_of_bone_pairs(pairs):
+    """Parents from PYSKL's ``JointToBone`` pairs ``(joint, parent)``."""
+    parent_of = dict(pairs)
+    return tuple(parent_of[v] for v in range(len(parent_of)))
 
 
 def _flip_pairs_by_name(joints, left, right):
@@ -163,6 +216,9 @@ BUILTIN_LAYOUTS = {
         center=0,
         parts=((0, 1, 2, 3, 4), (5, 6, 11, 12), (7, 9), (8, 10), (13, 15), (14, 16)),
         flip_pairs=_flip_pairs_by_name(_COCO_JOINTS, "left", "right"),
+        parents=_parents_of_bone_pairs([(0, 0), (1, 0), (2, 0), (3, 1), (4, 2), (5, 0), (6, 0), (7, 5), (8, 6),
+                                        (9, 7), (10, 8), (11, 0), (12, 0), (13, 11), (14, 12), (15, 13),
+                                        (16, 14)]),
     ),
     "nturgb+d": Layout(
         "nturgb+d", _NTU_JOINTS,
@@ -173,6 +229,10 @@ BUILTIN_LAYOUTS = {
         parts=((2, 3), (0, 1, 4, 8, 12, 16, 20), (5, 6, 7, 21, 22), (9, 10, 11, 23, 24),
                (13, 14, 15), (17, 18, 19)),
         flip_pairs=_flip_pairs_by_name(_NTU_JOINTS, "left", "right"),
+        parents=_parents_of_bone_pairs([(0, 1), (1, 20), (2, 20), (3, 2), (4, 20), (5, 4), (6, 5), (7, 6),
+                                        (8, 20), (9, 8), (10, 9), (11, 10), (12, 0), (13, 12), (14, 13),
+                                        (15, 14), (16, 0), (17, 16), (18, 17), (19, 18), (21, 22), (20, 20),
+                                        (22, 7), (23, 24), (24, 11)]),
     ),
     "openpose": Layout(
         "openpose", _OPENPOSE_JOINTS,
@@ -181,6 +241,9 @@ BUILTIN_LAYOUTS = {
         center=1,
         parts=((0, 14, 15, 16, 17), (1, 2, 5, 8, 11), (6, 7), (3, 4), (12, 13), (9, 10)),
         flip_pairs=_flip_pairs_by_name(_OPENPOSE_JOINTS, "left", "right"),
+        parents=_parents_of_bone_pairs([(0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6), (8, 2),
+                                        (9, 8), (10, 9), (11, 5), (12, 11), (13, 12), (14, 0), (15, 0),
+                                        (16, 14), (17, 15)]),
     ),
     # Bandai-Namco-Research-Motiondataset-2: BVH joints; a joint's position is where its bone
     # starts (UpperArm_L = shoulder, LowerArm_L = elbow, Hand_L = wrist).
@@ -192,6 +255,8 @@ BUILTIN_LAYOUTS = {
         center=0,
         parts=((3, 4), (0, 1, 2, 5, 6, 9, 10, 13, 17), (7, 8), (11, 12), (14, 15, 16), (18, 19, 20)),
         flip_pairs=_flip_pairs_by_name(_BANDAI_JOINTS, "_L", "_R"),
+        # the BVH hierarchy's parents (bandai2.json), root -1
+        parents=(-1, 0, 1, 2, 3, 2, 5, 6, 7, 2, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19),
     ),
     # MSR Action3D (Kinect v1, 20 joints), native order of the bundled pickle.
     "msr_action3d": Layout(
@@ -201,12 +266,15 @@ BUILTIN_LAYOUTS = {
         center=6,
         parts=((2, 19), (0, 1, 3, 4, 5, 6), (7, 9, 11), (8, 10, 12), (13, 15, 17), (14, 16, 18)),
         flip_pairs=_flip_pairs_by_name(_MSR_JOINTS, "left", "right"),
+        # the parents of msr_action3d.json's (child, parent) edges, root 6 (hip centre)
+        parents=(2, 2, 3, 6, 6, 6, 6, 0, 1, 7, 8, 9, 10, 4, 5, 13, 14, 15, 16, 2),
     ),
 }
 BUILTIN_LAYOUTS["bandai2_coco2d"] = BUILTIN_LAYOUTS["coco"]
 BUILTIN_LAYOUTS["msr_action3d_coco2d"] = BUILTIN_LAYOUTS["coco"]
 
 _REQUIRED_KEYS = ("name", "joints", "edges", "center", "parts")
+_OPTIONAL_KEYS = ("flip_pairs", "parents")
 
 
 def layout_from_dict(spec):
@@ -216,7 +284,7 @@ def layout_from_dict(spec):
     missing = [key for key in _REQUIRED_KEYS if key not in spec]
     if missing:
         raise ValueError(f"custom layout is missing keys {missing} (needs {list(_REQUIRED_KEYS)})")
-    unknown = sorted(set(spec) - set(_REQUIRED_KEYS) - {"flip_pairs"})
+    unknown = sorted(set(spec) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
     if unknown:
         raise ValueError(f"custom layout has unknown keys {unknown}")
     try:
@@ -227,11 +295,25 @@ def layout_from_dict(spec):
             center=int(spec["center"]),
             parts=tuple(tuple(int(j) for j in part) for part in spec["parts"]),
             flip_pairs=tuple((int(i), int(j)) for i, j in spec.get("flip_pairs", ())),
+            parents=None if spec.get("parents") is None else tuple(spec["parents"]),
         )
     except (TypeError, ValueError) as error:
         if "layout" in str(error):
             raise
         raise ValueError(f"custom layout {spec.get('name')!r} is malformed: {error}") from error
+
+
+def _layout_from_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spec = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"layout file {os.fspath(path)!r} is not valid JSON ({error}): "
+                         "write the layout as a JSON object (see skelmae_ext.layouts)") from error
+    try:
+        return layout_from_dict(spec)
+    except ValueError as error:
+        raise ValueError(f"layout file {os.fspath(path)!r}: {error}") from error
 
 
 def get_layout(layout):
@@ -244,8 +326,7 @@ def get_layout(layout):
         if str(layout) in BUILTIN_LAYOUTS:
             return BUILTIN_LAYOUTS[str(layout)]
         if os.path.isfile(layout):
-            with open(layout) as handle:
-                return layout_from_dict(json.load(handle))
+            return _layout_from_json(layout)
         raise ValueError(
             f"unknown layout {str(layout)!r}: not a built-in ({sorted(BUILTIN_LAYOUTS)}) nor a JSON file"
         )

@@ -1,0 +1,163 @@
+"""``SkeletonDataset`` (one split of an annotation source through a pipeline) and
+``make_loader`` (its PyTorch DataLoader).
+
+Randomness, for exact resumption and results that do not depend on the worker count: sample
+``index`` of epoch ``epoch`` is transformed with its own generator
+``np.random.default_rng([seed, epoch, index])`` (``results['rng']``), and the shuffled order of
+an epoch is a permutation drawn from ``(seed, epoch)``. ``make_loader``'s sampler hands each
+index to the workers together with the epoch it belongs to (read from ``dataset.epoch`` when
+an epoch's iteration starts), so persistent workers see ``dataset.set_epoch(e)`` too. The same
+seed therefore gives the same batches with any number of workers, and a resumed run that calls
+``set_epoch(e)`` reproduces epoch ``e``.
+
+A batch is ``(x [B, num_clips, M, T, V, C] float32, labels [B] int64)``; the models take
+``x.flatten(0, 1)`` ([B * num_clips, M, T, V, C]); with several test clips, average the
+per-clip outputs of each sample (``logits.view(B, num_clips, -1)``; PYSKL averages softmax
+probabilities).
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from .pipelines import Compose, default_pipeline
+from .readers import load_annotations
+from .validation import (
+    DataError,
+    check_annotations,
+    num_classes_of,
+    resolve_layout,
+    select_split,
+    source_name,
+)
+
+
+class SkeletonDataset(torch.utils.data.Dataset):
+    """One split of a skeleton source (a path ``load_annotations`` reads, or its loaded dict:
+    pass the same dict to build several splits from one read), validated, through a pipeline.
+
+    ``split`` None takes every sample. ``pipeline`` is a list of transforms or PYSKL-style config
+    dicts (or a Compose); None builds ``default_pipeline(mode, clip_len, num_clips, feats, ...)``
+    for the data's dimensionality (``num_person``, ``augment`` and ``with_score`` go to it).
+    ``layout`` is a name, dict, JSON path or Layout; None takes the one implied by the joint
+    count. ``label_fraction`` < 1 keeps a class-balanced subset (that share of each class,
+    at least one sample per class), fixed by ``seed``, in file order.
+
+    ``dataset[i]`` is ``(x [num_clips, M, T, V, C] float32 tensor, label int)``.
+    """
+
+    def __init__(self, source, split, pipeline=None, layout=None, label_fraction=1.0, seed=0, *,
+                 mode="train", clip_len=64, num_clips=1, feats=("j",), num_person=2, augment=True,
+                 with_score=False):
+        if mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if not 0 < label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
+        where = source_name(source)
+        data = load_annotations(source)
+        annotations = select_split(data, split, where)
+        self.layout = resolve_layout(layout, annotations, where)
+        self.num_classes = num_classes_of(data, where)
+        self.class_names = list(data["classes"]) if data.get("classes") is not None else None
+        check_annotations(annotations, self.layout, f"{where} (split {split!r})", self.num_classes)
+        if label_fraction < 1:
+            annotations = _class_balanced(annotations, label_fraction, seed)
+        self.source, self.split, self.mode, self.seed = where, split, mode, int(seed)
+        self.epoch = 0
+        self._annotations = annotations
+        self.frame_dirs = [a["frame_dir"] for a in annotations]
+        self.labels = [int(a["label"]) for a in annotations]
+        if pipeline is None:
+            dims = annotations[0]["keypoint"].shape[-1]
+            pipeline = default_pipeline(mode, clip_len, num_clips, feats, dims=dims, num_person=num_person,
+                                        augment=augment, with_score=with_score)
+        self.pipeline = pipeline if isinstance(pipeline, Compose) else Compose(pipeline)
+        self.in_channels = int(self._transform(0, 0)["keypoint"].shape[-1])
+
+    def __len__(self):
+        return len(self._annotations)
+
+    def set_epoch(self, epoch):
+        """The epoch whose random draws the samples take (see the module docstring)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def _transform(self, index, epoch):
+        results = dict(self._annotations[index])
+        results.update(rng=np.random.default_rng([self.seed, epoch, index]), layout=self.layout,
+                       test_mode=self.mode == "test")
+        return self.pipeline(results)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        if not 0 <= index < len(self._annotations):
+            raise IndexError(f"index {index} is out of range for {len(self._annotations)} samples")
+        keypoint = self._transform(index, epoch)["keypoint"]
+        return torch.from_numpy(keypoint), self.labels[index]
+
+    def __repr__(self):
+        return (f"SkeletonDataset({self.source!r}, split={self.split!r}, mode={self.mode!r}, samples={len(self)}, "
+                f"layout={self.layout.name!r}, classes={self.num_classes}, in_channels={self.in_channels})")
+
+
+def _class_balanced(annotations, fraction, seed):
+    """``fraction`` of each class (rounded, at least one), drawn with ``seed``, in file order."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([a["label"] for a in annotations])
+    kept = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, int(round(fraction * len(members))))
+        kept.append(rng.choice(members, count, replace=False))
+    return [annotations[i] for i in np.sort(np.concatenate(kept))]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(index, epoch)``: every index of ``dataset`` once, shuffled by ``(seed, epoch)``
+    when ``shuffle``, with the ``dataset.epoch`` current when the iteration starts."""
+
+    def __init__(self, dataset, shuffle, seed):
+        self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __iter__(self):
+        epoch = self.dataset.epoch
+        order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)) if self.shuffle
+                 else np.arange(len(self.dataset)))
+        return ((int(index), epoch) for index in order)
+
+
+def default_workers():
+    """Loader worker processes by default: the usable CPUs, at most 4."""
+    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _seed_worker(worker_id):
+    # The transforms draw only from their per-sample generators; this seeds numpy's and
+    # Python's global state too, in case a custom transform uses them.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size, *, shuffle=True, workers=None, seed=None, drop_last=False, device="cpu",
+                persistent_workers=True):
+    """A DataLoader over a SkeletonDataset: the epoch's order from ``(seed, epoch)`` (``seed``
+    defaults to the dataset's), ``workers`` processes (None: ``default_workers()``; 0 loads in
+    this process), each seeded; pinned memory when ``device`` is a CUDA device. Call
+    ``dataset.set_epoch(epoch)`` before iterating each epoch."""
+    if not isinstance(dataset, SkeletonDataset):
+        raise DataError(f"make_loader takes a SkeletonDataset, got {type(dataset).__name__}")
+    workers = default_workers() if workers is None else workers
+    seed = dataset.seed if seed is None else seed
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=EpochSampler(dataset, shuffle, seed), num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda", drop_last=drop_last, worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=persistent_workers and workers > 0)

@@ -1,0 +1,142 @@
+"""SkeletonDataset and make_loader: output contract, attributes, the label_fraction subset,
+seeded reproducibility across worker counts and epochs, every reader through the default
+pipelines, and describe."""
+
+import numpy as np
+import pytest
+import torch
+
+from skelmae_ext.data import (
+    BUNDLED,
+    SkeletonDataset,
+    describe,
+    format_description,
+    load_annotations,
+    make_loader,
+    validate,
+)
+
+from annotations import BANDAI3D_SAMPLE, COCO2D_SAMPLE, NTU_SAMPLE, ctrgcn_arrays, dataset
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_annotations(BUNDLED)  # one read (xz) shared by the tests
+
+
+def test_training_samples(bundled):
+    train = SkeletonDataset(bundled, "xstyle_train")
+    assert len(train) == 2187 and train.frame_dirs == bundled["split"]["xstyle_train"]
+    assert train.layout.name == "coco" and train.num_classes == 10 and train.class_names[3] == "run"
+    assert train.in_channels == 2
+    x, label = train[0]
+    assert x.shape == (1, 2, 64, 17, 2) and x.dtype == torch.float32 and label == train.labels[0]
+    assert x[:, 1].abs().sum() == 0  # one person, the second is padding
+    assert x.abs().max() <= 1.5  # normalised coordinates (plus augmentation)
+    assert torch.equal(train[0][0], x)  # the same epoch gives the same sample
+    train.set_epoch(1)
+    assert not torch.equal(train[0][0], x)
+
+
+def test_test_samples_are_deterministic_clips(bundled):
+    val = SkeletonDataset(bundled, "xstyle_val", mode="test", num_clips=3, clip_len=32)
+    x, _ = val[0]
+    assert x.shape == (3, 2, 32, 17, 2)
+    val.set_epoch(5)
+    assert torch.equal(val[0][0], x)
+    assert not any(type(t).__name__.startswith("Random") for t in val.pipeline.transforms)
+
+
+def test_features_and_channels(bundled):
+    assert SkeletonDataset(bundled, "xstyle_val", feats=("j", "b")).in_channels == 4
+    assert SkeletonDataset(bundled, "xstyle_val", with_score=True).in_channels == 3
+    mocap = SkeletonDataset(BANDAI3D_SAMPLE, None, layout="bandai2", clip_len=16)
+    assert mocap.in_channels == 3 and mocap[0][0].shape == (1, 2, 16, 21, 3)
+
+
+def test_label_fraction_is_a_class_balanced_subset(bundled):
+    full = SkeletonDataset(bundled, "xstyle_train")
+    tenth = SkeletonDataset(bundled, "xstyle_train", label_fraction=0.1, seed=3)
+    full_counts = np.bincount(full.labels)
+    assert np.array_equal(np.bincount(tenth.labels), np.maximum(1, np.round(full_counts * 0.1)).astype(int))
+    assert set(tenth.frame_dirs) <= set(full.frame_dirs)
+    assert tenth.frame_dirs == [f for f in full.frame_dirs if f in set(tenth.frame_dirs)]  # file order
+    assert SkeletonDataset(bundled, "xstyle_train", label_fraction=0.1, seed=3).frame_dirs == tenth.frame_dirs
+    assert SkeletonDataset(bundled, "xstyle_train", label_fraction=0.1, seed=4).frame_dirs != tenth.frame_dirs
+    tiny = SkeletonDataset(bundled, "xstyle_train", label_fraction=0.001)
+    assert np.array_equal(np.bincount(tiny.labels), np.ones(10))  # at least one per class
+    assert tiny.num_classes == 10
+
+
+def batches(loader, epoch):
+    loader.dataset.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for (x1, y1), (x2, y2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_seeded_loaders_give_identical_batches_with_any_workers():
+    data = load_annotations(COCO2D_SAMPLE)
+
+    def loader(workers):
+        return make_loader(SkeletonDataset(data, "xstyle_train", seed=7), 3, shuffle=True, workers=workers)
+
+    two, again, inline = loader(2), loader(2), loader(0)
+    epoch0, epoch1 = batches(two, 0), batches(two, 1)  # persistent workers see the new epoch
+    assert_same_batches(epoch0, batches(again, 0))
+    assert_same_batches(epoch1, batches(inline, 1))
+    assert_same_batches(epoch0, batches(inline, 0))
+    assert not torch.equal(epoch0[0][0], epoch1[0][0])
+    resumed = loader(1)  # a resumed run that starts at epoch 1
+    assert_same_batches(epoch1, batches(resumed, 1))
+    assert sorted(torch.cat([y for _, y in epoch0]).tolist()) == sorted(two.dataset.labels)
+    assert [x.shape for x, _ in epoch0] == [(3, 1, 2, 64, 17, 2)] * 2 + [(1, 1, 2, 64, 17, 2)]
+    other_seed = make_loader(SkeletonDataset(data, "xstyle_train", seed=8), 3, workers=0)
+    assert not torch.equal(batches(other_seed, 0)[0][0], epoch0[0][0])
+
+
+def test_loader_order_and_drop_last():
+    data = load_annotations(COCO2D_SAMPLE)
+    ordered = make_loader(SkeletonDataset(data, "xstyle_train", mode="test"), 2, shuffle=False, workers=0,
+                          drop_last=True)
+    labels = torch.cat([y for _, y in ordered]).tolist()
+    assert labels == ordered.dataset.labels[:6] and not ordered.pin_memory
+
+
+def test_every_reader_through_the_default_pipelines(tmp_path):
+    x, _ = ctrgcn_arrays(4, 40, lengths=[40, 30, 20, 35], persons_present=[2, 1, 2, 1])
+    np.savez(tmp_path / "NTU60_CS.npz", x_train=x, y_train=np.eye(60)[[0, 1, 2, 3]], x_test=x[:2],
+             y_test=np.eye(60)[[4, 5]])
+    sources = [(COCO2D_SAMPLE, "xstyle_train", None, 2), (BANDAI3D_SAMPLE, "xstyle_train", "bandai2", 3),
+               (NTU_SAMPLE, "xsub_train", None, 3), (str(tmp_path / "NTU60_CS.npz"), "train", None, 3)]
+    for source, split, layout, channels in sources:
+        assert validate(source, layout=layout).num_joints in (17, 21, 25)
+        for mode in ("train", "test"):
+            data = SkeletonDataset(source, split, layout=layout, mode=mode, clip_len=16)
+            assert data.in_channels == channels
+            xb, yb = next(iter(make_loader(data, 2, workers=0)))
+            assert xb.shape[2:] == (2, 16, data.layout.num_joints, channels) and torch.isfinite(xb).all()
+        assert describe(source)["samples"] >= 1
+
+
+def test_describe_counts(tmp_path):
+    summary = describe(COCO2D_SAMPLE)
+    assert summary["dims"] == "2D" and summary["joints"] == 17 and summary["channels"] == 2
+    assert summary["layout"] == "coco" and summary["keypoint_score"]
+    data = load_annotations(COCO2D_SAMPLE)
+    train = [a for a in data["annotations"] if a["frame_dir"] in data["split"]["xstyle_train"]]
+    frames = sorted(a["total_frames"] for a in train)
+    split = summary["splits"]["xstyle_train"]
+    assert split["samples"] == len(train) == 7
+    assert split["frames"] == (frames[0], float(np.median(frames)), frames[-1])
+    assert split["class_counts"] == {0: 2, 3: 2, 4: 1, 9: 2}
+    assert split["persons"] == (1, 1.0, 1)
+    text = format_description(summary)
+    assert "split xstyle_train: 7 samples" in text and "layout coco" in text
+    named = dataset(labels=(0, 1, 1))
+    named["classes"] = ["sit", "stand"]
+    assert "stand: 2" in format_description(describe(named))
