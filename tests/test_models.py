@@ -182,6 +182,17 @@ def test_random_parts_mask_whole_parts_per_graph():
     assert len({tuple(row.tolist()) for row in whole}) > 1  # resampled across graphs
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_weight_gives_a_nan_loss(backend):
+    """One NaN decoder weight: the loss is NaN, as the reference model's, so that a training
+    loop's isfinite(loss) guard fires (the fused loss once reported a finite loss here)."""
+    reference, fast = twins("SkeletonMAE", backend=backend)
+    for model in (reference, fast):
+        with torch.no_grad():
+            model.decoder.mlp.weight[0, 0] = float("nan")
+        assert model(random_batch()).loss.isnan()
+
+
 def test_random_joints_mask_the_ratio_per_graph():
     model = skelmae_ext.SkeletonMAE(mask_strategy="random_joints", mask_ratio=0.3)
     x = random_batch(t=10)
