@@ -17,6 +17,7 @@ Backends (the ``backend=`` argument of every op):
 An unavailable backend raises a RuntimeError saying why.
 """
 
+import math
 import numbers
 
 import torch
@@ -253,7 +254,6 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     chosen = resolve_backend(backend, pred.device, "cosine_reconstruction_loss")
     if chosen == "reference":
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
-    channels = pred.shape[-1]
     # The forward writes the gradients too (reading each counted row once) and the backward
     # scales them; on the CPU, loss.backward()'s grad_output of 1 takes them as they are. A CPU
     # forward that is compiled (the backward cannot read grad_output there) or per row
@@ -263,8 +263,8 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     recompute = chosen == "cpu" and (torch.compiler.is_compiling() or reduction == "none")
     output_mask = [False, False] if recompute else [_needs_grad(pred), _needs_grad(target)]
     loss, _, _ = _op("cosine_reconstruction_loss", chosen)(
-        pred.reshape(-1, channels),
-        target.reshape(-1, channels),
+        _rows(pred),
+        _rows(target),
         None if mask is None else mask.reshape(-1),
         float(beta),
         reduction,
@@ -327,8 +327,13 @@ def linear(x, weight, bias=None, *, backend="auto"):
     _check_linear_inputs(x, weight, bias)
     if resolve_backend(backend, x.device, "linear") != "cpu":
         return torch.nn.functional.linear(x, weight, bias)
-    rows = torch.ops.skelmae_ext.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    rows = torch.ops.skelmae_ext.linear(_rows(x), weight, bias)
     return rows.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _rows(tensor):
+    """tensor [..., C] as [R, C] rows; unlike reshape(-1, C), also for C = 0."""
+    return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
 
 
 def _channel_rows(x):

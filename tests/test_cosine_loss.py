@@ -207,6 +207,19 @@ def test_perfect_reconstruction_with_beta_up_to_one(device, backend, beta):
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("shape", [(4, 0), (2, 3, 0)])
+@pytest.mark.parametrize("mask_kind", ["none", "partial"])
+def test_zero_channels(device, backend, shape, mask_kind):
+    """Rows of no channels have norm 0 (clamped to eps), cosine 0 and loss 1, as in the
+    reference path, and empty gradients."""
+    inputs = make_inputs(shape, mask_kind, device)
+    if mask_kind == "none":
+        assert ops.cosine_reconstruction_loss(*inputs[:2], backend=backend).item() == 1.0
+    for reduction in REDUCTIONS:
+        assert_all_close(run(inputs, backend, reduction=reduction), run_exact(inputs, reduction=reduction))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("beta", [1.0, 2.0, 2.5])
 def test_gradcheck_float64(device, backend, reduction, beta):

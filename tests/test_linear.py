@@ -58,8 +58,9 @@ def onednn_enabled(enabled):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("shape,out_features",
-                         [((5, 3), 4), ((0, 3), 4), ((4, 17, 2), 64), ((300, 64), 64), ((34816, 4), 64)],
-                         ids=["tiny", "no-rows", "joints", "square", "large-skinny"])
+                         [((5, 3), 4), ((0, 3), 4), ((2, 5, 0), 4), ((4, 17, 2), 64), ((300, 64), 64),
+                          ((34816, 4), 64)],
+                         ids=["tiny", "no-rows", "no-features", "joints", "square", "large-skinny"])
 def test_matches_f_linear(shape, out_features, with_bias, dtype, onednn):
     params, grad_output = make_inputs(shape, out_features, with_bias, dtype)
     rtol, atol = TOLERANCES[dtype]
