@@ -231,6 +231,26 @@ def test_gradcheck_float64(device, backend, reduction, beta):
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_second_order_gradients(device, backend, reduction):
+    """create_graph=True: right second-order gradients from the CPU kernels' route (the
+    handed-over gradient once had no graph), one clear error from the GPU kernels, which keep
+    no inputs to differentiate."""
+    pred, target, mask, _ = make_inputs((6, 5), "partial", device, torch.float64)
+
+    def loss(p, t):
+        return ops.cosine_reconstruction_loss(p, t, mask, 2.0, reduction, backend=backend)
+
+    if backend == "cpu":
+        assert torch.autograd.gradgradcheck(loss, (pred, target))
+    else:
+        with pytest.raises(RuntimeError, match=rf"cosine_reconstruction_loss: the {backend} kernels give no "
+                                               r"gradient that can be differentiated again \(create_graph=True\); "
+                                               r'use backend="reference"'):
+            torch.autograd.grad(loss(pred, target).sum(), pred, create_graph=True)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_target_without_grad(device, backend):
     inputs = make_inputs((50, 16), "partial", device, target_grad=False)
     result = run(inputs, backend)

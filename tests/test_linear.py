@@ -97,6 +97,32 @@ def test_gradcheck(with_bias):
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_gradgradcheck(with_bias):
+    """create_graph=True on float64 (MKL's route, which once failed with "mm(): functions with
+    out=... arguments don't support automatic differentiation")."""
+    params, _ = make_inputs((6, 5), 3, with_bias, torch.float64)
+    assert torch.autograd.gradgradcheck(lambda *p: OP(p[0], p[1], p[2] if with_bias else None), params)
+
+
+@pytest.mark.parametrize("onednn", ENGINES)
+def test_second_order_gradients_on_both_engines(onednn):
+    """A gradient penalty's gradients through float32 linear on either engine: oneDNN's route
+    once gave silently wrong ones, MKL's an error."""
+    params, grad_output = make_inputs((40, 3), 8, True)
+
+    def penalty_gradients(linear, params):
+        grads = torch.autograd.grad(linear(*params), params, grad_output, create_graph=True)
+        return torch.autograd.grad(sum(g.square().sum() for g in grads), params, materialize_grads=True)
+
+    with onednn_enabled(onednn):
+        got = penalty_gradients(lambda *p: ops.linear(*p, backend="cpu"), params)
+    wide = [p.detach().double().requires_grad_() for p in params]
+    grad_output = grad_output.double()
+    for g, e in zip(got, penalty_gradients(F.linear, wide)):
+        torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("requires_grad", [True, False])
 def test_opcheck(with_bias, requires_grad):
     params, grad_output = make_inputs((11, 5), 3, with_bias)
