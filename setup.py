@@ -9,6 +9,7 @@ Environment switches:
 """
 
 import glob
+import importlib.util
 import os
 import shutil
 import sys
@@ -18,6 +19,17 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def _load_environment_rules():
+    """skelmae_ext/_environment.py, by its path: the package itself loads kernels not yet built."""
+    spec = importlib.util.spec_from_file_location("skelmae_environment", ROOT / "skelmae_ext" / "_environment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+environment = _load_environment_rules()
 
 
 def _nvcc_cuda_home():
@@ -49,13 +61,9 @@ from torch.utils.cpp_extension import (  # noqa: E402
 )
 
 
-def _flag(name):
-    return os.environ.get(name, "0") not in ("", "0", "false", "False")
-
-
 def _cuda_build_decision(cuda_sources):
     """(build_cuda, reason): gated on build capability, never on a visible GPU."""
-    if _flag("SKELMAE_NO_CUDA"):
+    if environment.flag("SKELMAE_NO_CUDA"):
         return False, "SKELMAE_NO_CUDA=1"
     missing = None
     if torch.version.cuda is None:
@@ -64,7 +72,7 @@ def _cuda_build_decision(cuda_sources):
         missing = "nvcc was not found (set CUDA_HOME)"
     elif not cuda_sources:
         missing = "there are no csrc/cuda sources"
-    if missing and _flag("SKELMAE_FORCE_CUDA"):
+    if missing and environment.flag("SKELMAE_FORCE_CUDA"):
         sys.exit(f"skelmae_ext: SKELMAE_FORCE_CUDA=1 but {missing}")
     if missing:
         return False, missing
@@ -112,7 +120,7 @@ def _write_build_info(with_cuda, arch_list):
 
 
 def _extension():
-    debug = _flag("DEBUG")
+    debug = environment.flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cpu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     cpu_sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))

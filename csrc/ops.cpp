@@ -3,10 +3,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_isa.h"
 #include "cpu/output_buffers.h"
 
 // Importing skelmae_ext._C runs the static TORCH_LIBRARY registrations below; the module's own
-// functions manage the CPU kernels' output cache (cpu/output_buffers.h).
+// functions manage the CPU kernels' output cache (cpu/output_buffers.h) and set what
+// skelmae_ext/_extension.py reads from the environment (the C++ reads none of it).
 namespace {
 
 PyObject* cpu_cache_bytes(PyObject*, PyObject*) { return PyLong_FromSize_t(skelmae::cached_output_bytes()); }
@@ -16,9 +18,30 @@ PyObject* empty_cpu_cache(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+PyObject* set_cpu_cache_limit(PyObject*, PyObject* bytes) {
+  const size_t limit = PyLong_AsSize_t(bytes);
+  if (limit == static_cast<size_t>(-1) && PyErr_Occurred()) return nullptr;
+  skelmae::set_cached_output_limit(limit);
+  Py_RETURN_NONE;
+}
+
+PyObject* set_cpu_baseline(PyObject*, PyObject* baseline) {
+  const int requested = PyObject_IsTrue(baseline);
+  if (requested < 0) return nullptr;
+  skelmae::cpu_baseline_requested().store(requested != 0);
+  Py_RETURN_NONE;
+}
+
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(skelmae::cpu_uses_avx2() ? "avx2" : "baseline");
+}
+
 PyMethodDef methods[] = {
     {"cpu_cache_bytes", cpu_cache_bytes, METH_NOARGS, "Bytes of idle buffers in the CPU output cache."},
     {"empty_cpu_cache", empty_cpu_cache, METH_NOARGS, "Frees the idle buffers of the CPU output cache."},
+    {"set_cpu_cache_limit", set_cpu_cache_limit, METH_O, "Sets the most bytes of idle buffers the cache keeps."},
+    {"set_cpu_baseline", set_cpu_baseline, METH_O, "True: the CPU loops run their baseline (SSE2) copies."},
+    {"cpu_isa", cpu_isa, METH_NOARGS, "The copies the CPU loops run: 'avx2' (AVX2 + FMA) or 'baseline'."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -17,6 +17,7 @@ Backends (the ``backend=`` argument of every op):
 An unavailable backend raises a RuntimeError saying why.
 """
 
+import math
 import numbers
 
 import torch
@@ -253,7 +254,6 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     chosen = resolve_backend(backend, pred.device, "cosine_reconstruction_loss")
     if chosen == "reference":
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
-    channels = pred.shape[-1]
     # The forward writes the gradients too (reading each counted row once) and the backward
     # scales them; on the CPU, loss.backward()'s grad_output of 1 takes them as they are. A CPU
     # forward that is compiled (the backward cannot read grad_output there) or per row
@@ -263,8 +263,8 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     recompute = chosen == "cpu" and (torch.compiler.is_compiling() or reduction == "none")
     output_mask = [False, False] if recompute else [_needs_grad(pred), _needs_grad(target)]
     loss, _, _ = _op("cosine_reconstruction_loss", chosen)(
-        pred.reshape(-1, channels),
-        target.reshape(-1, channels),
+        _rows(pred),
+        _rows(target),
         None if mask is None else mask.reshape(-1),
         float(beta),
         reduction,
@@ -327,8 +327,13 @@ def linear(x, weight, bias=None, *, backend="auto"):
     _check_linear_inputs(x, weight, bias)
     if resolve_backend(backend, x.device, "linear") != "cpu":
         return torch.nn.functional.linear(x, weight, bias)
-    rows = torch.ops.skelmae_ext.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    rows = torch.ops.skelmae_ext.linear(_rows(x), weight, bias)
     return rows.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _rows(tensor):
+    """tensor [..., C] as [R, C] rows; unlike reshape(-1, C), also for C = 0."""
+    return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
 
 
 def _channel_rows(x):
@@ -401,6 +406,23 @@ def _graph_conv_backward_fake(grad_output, x, mask, token, adjacency, eps, outpu
     )
 
 
+def _creating_graph():
+    """Whether this backward's gradients are themselves differentiated (create_graph=True: a
+    gradient penalty, a double backward). The kernels' backward ops have no autograd of their
+    own, so their results would be silently wrong there; these backwards then run as PyTorch
+    ops instead (autograd turns grad mode on inside a backward only for create_graph)."""
+    return torch.is_grad_enabled()
+
+
+def _differentiable_grads(reference, inputs, needed, grad_output):
+    """The gradients of reference(*inputs), the op's plain PyTorch twin, for `grad_output`,
+    as autograd-differentiable tensors (None where not needed)."""
+    wanted = [t for t, need in zip(inputs, needed) if need]
+    grads = iter(torch.autograd.grad(reference(*inputs), wanted, grad_output, create_graph=True,
+                                     allow_unused=True, materialize_grads=True))
+    return [next(grads) if need else None for need in needed]
+
+
 def _graph_conv_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -409,9 +431,14 @@ def _graph_conv_backward_with(backward_op):
     def backward(ctx, grad_output):
         x, mask, token, adjacency, eps = ctx.saved_tensors
         need_x, _, need_token, _, need_eps = ctx.needs_input_grad
-        grad_x, grad_token, grad_eps = backward_op(
-            grad_output, x, mask, token, adjacency, eps, [need_x, need_token, need_eps]
-        )
+        if _creating_graph():
+            grad_x, grad_token, grad_eps = _differentiable_grads(
+                lambda x, token, eps: skelmae_reference.masked_graph_conv(x, mask, token, adjacency, eps),
+                (x, token, eps), (need_x, need_token, need_eps), grad_output)
+        else:
+            grad_x, grad_token, grad_eps = backward_op(
+                grad_output, x, mask, token, adjacency, eps, [need_x, need_token, need_eps]
+            )
         return (
             grad_x if need_x else None,
             None,
@@ -463,12 +490,23 @@ def _loss_backward_with(backward_op, grad_op=None):
     handed over as they are for grad_output = 1 on the CPU (loss.backward(); once: a second
     backward through a retained graph recomputes), else scaled by grad_output (backward_op, read
     as a tensor: no host sync). Otherwise grad_op computes them from the inputs (the C++ ops on
-    the CPU)."""
+    the CPU). Gradients to be differentiated again come from the reference path on the inputs,
+    which only the CPU route keeps."""
 
     def backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
         needed = list(ctx.needs_input_grad[:2])
         if grad_loss is None:  # grads are not materialised (see setup_context)
             return None, None, None, None, None, None
+        if _creating_graph():
+            if not ctx.saved_tensors:
+                raise RuntimeError(
+                    f"cosine_reconstruction_loss: the {'triton' if grad_op is None else grad_loss.device.type} "
+                    "kernels give no gradient that can be differentiated again (create_graph=True); "
+                    'use backend="reference"')
+            pred, target, mask = ctx.saved_tensors
+            return (*_differentiable_grads(
+                lambda p, t: skelmae_reference.cosine_reconstruction_loss(p, t, mask, ctx.beta, ctx.reduction),
+                (pred, target), needed, grad_loss), None, None, None, None)
         forward_computed = all(computed or not need for need, computed in zip(needed, ctx.output_mask))
         if forward_computed and ctx.forward_grads is not None:
             grad_pred, grad_target = ctx.forward_grads
@@ -533,9 +571,23 @@ def _batch_norm_prelu_backward(ctx, grad_y, _unused_grad_mean, _unused_grad_var)
     needed = list(ctx.needs_input_grad[:4])
     if grad_y is None:
         return (None,) * 7
-    grads = torch.ops.skelmae_ext.batch_norm_prelu_backward(
-        grad_y, *ctx.saved_tensors, ctx.eps, ctx.batch_stats, needed)
+    x, weight, bias, prelu_weight, mean, var = ctx.saved_tensors
+    if _creating_graph():
+        grads = _differentiable_grads(
+            lambda *inputs: _batch_norm_prelu_rows(*inputs, mean, var, ctx.eps, ctx.batch_stats),
+            (x, weight, bias, prelu_weight), needed, grad_y)
+    else:
+        grads = torch.ops.skelmae_ext.batch_norm_prelu_backward(
+            grad_y, x, weight, bias, prelu_weight, mean, var, ctx.eps, ctx.batch_stats, needed)
     return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 3
+
+
+def _batch_norm_prelu_rows(x, weight, bias, prelu_weight, mean, var, eps, batch_stats):
+    """The fused op in plain PyTorch on x [R, C]: BatchNorm with the batch's statistics or the
+    given ones (left unchanged), then PReLU."""
+    normalized = torch.nn.functional.batch_norm(
+        x, None if batch_stats else mean, None if batch_stats else var, weight, bias, training=batch_stats, eps=eps)
+    return torch.nn.functional.prelu(normalized, prelu_weight)
 
 
 def _linear_fake(x, weight, bias):
@@ -559,7 +611,10 @@ def _linear_setup_context(ctx, inputs, output):
 def _linear_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
     needed = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    grads = torch.ops.skelmae_ext.linear_backward(grad_y, x, weight, needed)
+    if _creating_graph():
+        grads = (grad_y.mm(weight), grad_y.t().mm(x), grad_y.sum(0))
+    else:
+        grads = torch.ops.skelmae_ext.linear_backward(grad_y, x, weight, needed)
     return tuple(g if need else None for g, need in zip(grads, needed))
 
 

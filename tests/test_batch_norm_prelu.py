@@ -103,6 +103,20 @@ def test_gradcheck_float64(batch_stats, slopes):
     )
 
 
+@pytest.mark.parametrize("batch_stats", [True, False], ids=["batch-stats", "running-stats"])
+@pytest.mark.parametrize("slopes", [1, 4])
+def test_second_order_gradients(batch_stats, slopes):
+    """create_graph=True: the backward's gradients are differentiable (they were the kernel's
+    plain outputs: silently wrong second-order gradients)."""
+    norm, activation = make_modules(4, slopes, torch.float64)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=seeded(3)).requires_grad_()
+    mean, var = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
+    assert torch.autograd.gradgradcheck(  # fast mode: the full check takes 17 s here
+        lambda x_, w, b, s: OP(x_, w, b, s, mean, var, 1e-5)[0], (x, norm.weight, norm.bias, activation.weight),
+        fast_mode=True,
+    )
+
+
 @pytest.mark.parametrize("requires_grad", [True, False])
 @pytest.mark.parametrize("batch_stats", [True, False], ids=["batch-stats", "running-stats"])
 def test_opcheck(batch_stats, requires_grad):

@@ -7,7 +7,7 @@ import torch
 
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, TOLERANCES, seeded, size_for
+from conftest import DEVICE_BACKENDS, TOLERANCES, seeded, size_for, tracing_context
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -46,11 +46,11 @@ def run_exact(inputs, **kwargs):
     return run((*wide, mask, grad_output.double()), "reference", **kwargs)
 
 
-def assert_all_close(actual, expected, dtype=torch.float32):
+def assert_all_close(actual, expected, dtype=torch.float32, equal_nan=False):
     rtol, atol = TOLERANCES[dtype]
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
-        torch.testing.assert_close(a, e.to(a.dtype), rtol=rtol, atol=atol)
+        torch.testing.assert_close(a, e.to(a.dtype), rtol=rtol, atol=atol, equal_nan=equal_nan)
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
@@ -127,6 +127,106 @@ def test_zero_norm_rows(device, backend, reduction):
     assert_all_close(run(inputs, backend, reduction=reduction), run_exact(inputs, reduction=reduction))
 
 
+# Triton's interpreter computes in NumPy, which warns about the NaN, inf and 0 these tests feed.
+NUMPY_WARNINGS = pytest.mark.filterwarnings("ignore:(invalid value|divide by zero) encountered:RuntimeWarning")
+
+
+def with_value(inputs, where, row, value):
+    """inputs with pred[row, 2] and / or target[row, 2] set to `value`."""
+    pred, target, mask, grad_output = inputs
+    with torch.no_grad():
+        for name, tensor in (("pred", pred), ("target", target)):
+            if where in (name, "both"):
+                tensor[row, 2] = value
+    return pred, target, mask, grad_output
+
+
+@NUMPY_WARNINGS
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", ["pred", "target", "both"])
+@pytest.mark.parametrize("mask_kind", ["none", "partial"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("beta", [2.0, 0.5])
+def test_non_finite_counted_row_propagates(device, backend, value, where, mask_kind, reduction, beta):
+    """A counted row holding NaN or inf gives a NaN loss (the row's, and the reduced one) and
+    NaN gradients exactly where the reference path has them; the other rows keep theirs. (The
+    kernels once clamped a NaN norm to eps and a NaN distance to 0: a finite loss.)"""
+    inputs = make_inputs((40, 8), mask_kind, device)
+    mask = inputs[2]
+    row = 0 if mask is None else int(mask.nonzero()[0, 0])
+    inputs = with_value(inputs, where, row, value)
+    kwargs = dict(beta=beta, reduction=reduction)
+    result = run(inputs, backend, **kwargs)
+    assert result[0].isnan().any()
+    assert_all_close(result, run_exact(inputs, **kwargs), equal_nan=True)
+
+
+@NUMPY_WARNINGS
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_non_finite_row_the_mask_leaves_out(device, backend, reduction):
+    """A row the mask leaves out adds nothing to the loss whatever it holds, as in the reference
+    path. Its gradient is 0 from the CPU kernels, which never read it; the GPU kernels, like
+    the reference path, give 0 times its (NaN) derivative."""
+    inputs = make_inputs((40, 8), "partial", device)
+    row = int((~inputs[2]).nonzero()[0, 0])
+    inputs = with_value(inputs, "both", row, math.nan)
+    result, expected = run(inputs, backend, reduction=reduction), run_exact(inputs, reduction=reduction)
+    assert result[0].isfinite().all()
+    if backend == "cpu":
+        for gradient in expected[1:]:
+            gradient[row] = 0
+    assert_all_close(result, expected, equal_nan=True)
+
+
+@NUMPY_WARNINGS
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_non_finite_row_compiled(device, backend, reduction):
+    """The same under torch.compile (on the CPU: the route that computes the gradients from
+    the inputs in the backward)."""
+    inputs = make_inputs((40, 8), "partial", device)
+    pred, target, mask, grad_output = inputs = with_value(inputs, "pred", int(inputs[2].nonzero()[0, 0]), math.nan)
+    compiled = torch.compile(ops.cosine_reconstruction_loss, fullgraph=True)
+    with tracing_context(device, backend):
+        loss = compiled(pred, target, mask, 2.0, reduction, backend=backend)
+        upstream = grad_output if reduction == "none" else torch.ones_like(loss)
+        result = [loss, *torch.autograd.grad(loss, [pred, target], upstream)]
+    expected = run_exact(inputs, reduction=reduction, scale=1.0)
+    assert_all_close(result, expected, equal_nan=True)
+
+
+@NUMPY_WARNINGS
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("beta", [0.5, 0.25, 1.0])
+def test_perfect_reconstruction_with_beta_up_to_one(device, backend, beta):
+    """Rows whose prediction points exactly along the target (distance 0): for beta < 1 the
+    slope beta * d^(beta - 1) is infinite at d = 0, but, as the reference path's clamp, the
+    loss passes no gradient there: 0, not NaN."""
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.3, -2.0, 0.5], [4.0, 4.0, 4.0], [1.0, 2.0, 3.0]], device=device)
+    pred = torch.cat([target[:3] * torch.tensor([[1.0], [2.5], [1.0]], device=device), -target[3:]])
+    inputs = (pred.requires_grad_(), target.requires_grad_(), None, torch.ones(4, device=device))
+    for reduction in REDUCTIONS:
+        kwargs = dict(beta=beta, reduction=reduction)
+        result = run(inputs, backend, **kwargs)
+        assert all(t.isfinite().all() for t in result)
+        assert_all_close(result, run_exact(inputs, **kwargs))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("shape", [(4, 0), (2, 3, 0)])
+@pytest.mark.parametrize("mask_kind", ["none", "partial"])
+def test_zero_channels(device, backend, shape, mask_kind):
+    """Rows of no channels have norm 0 (clamped to eps), cosine 0 and loss 1, as in the
+    reference path, and empty gradients."""
+    inputs = make_inputs(shape, mask_kind, device)
+    if mask_kind == "none":
+        assert ops.cosine_reconstruction_loss(*inputs[:2], backend=backend).item() == 1.0
+    for reduction in REDUCTIONS:
+        assert_all_close(run(inputs, backend, reduction=reduction), run_exact(inputs, reduction=reduction))
+
+
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("beta", [1.0, 2.0, 2.5])
@@ -136,6 +236,26 @@ def test_gradcheck_float64(device, backend, reduction, beta):
         lambda p, t: ops.cosine_reconstruction_loss(p, t, mask, beta, reduction, backend=backend),
         (pred, target),
     )
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_second_order_gradients(device, backend, reduction):
+    """create_graph=True: right second-order gradients from the CPU kernels' route (the
+    handed-over gradient once had no graph), one clear error from the GPU kernels, which keep
+    no inputs to differentiate."""
+    pred, target, mask, _ = make_inputs((6, 5), "partial", device, torch.float64)
+
+    def loss(p, t):
+        return ops.cosine_reconstruction_loss(p, t, mask, 2.0, reduction, backend=backend)
+
+    if backend == "cpu":
+        assert torch.autograd.gradgradcheck(loss, (pred, target))
+    else:
+        with pytest.raises(RuntimeError, match=rf"cosine_reconstruction_loss: the {backend} kernels give no "
+                                               r"gradient that can be differentiated again \(create_graph=True\); "
+                                               r'use backend="reference"'):
+            torch.autograd.grad(loss(pred, target).sum(), pred, create_graph=True)
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)

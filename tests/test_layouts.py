@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,12 @@ def test_custom_layout_from_dict_and_json(tmp_path):
         assert layout.to_dict()["edges"] == STAR["edges"]
 
 
+def test_numpy_integer_indices_are_ints():
+    spec = _with(edges=np.array(STAR["edges"]), center=np.int64(0), parts=[np.array([0]), [1, 2], [3, 4]])
+    layout = layouts.get_layout(spec)
+    assert layout == layouts.get_layout(STAR) and type(layout.edges[0][0]) is int
+
+
 def _with(**changes):
     return dict(STAR, **changes)
 
@@ -100,6 +107,13 @@ INVALID = {
     "missing key": ({k: v for k, v in STAR.items() if k != "parts"}, r"missing keys \['parts'\]"),
     "unknown key": (_with(colour="red"), r"unknown keys \['colour'\]"),
     "duplicate names": (_with(joints=["a", "a", "b", "c", "d"]), r"joint names must be unique"),
+    # int() once truncated these silently: 2.7 -> joint 2, 0.9 -> joint 0
+    "float edge": (_with(edges=[[0, 1], [1, 2.7], [2, 3], [3, 4]]), r"edge \(1, 2.7\) holds 2.7, not an integer joint index"),
+    "float center": (_with(center=0.9), r"center must be an integer joint index, got 0.9"),
+    "bool center": (_with(center=True), r"center must be an integer joint index, got True"),
+    "string center": (_with(center="0"), r"center must be an integer joint index, got '0'"),
+    "float part": (_with(parts=[[0, 1.5]]), r"part 0 \(0, 1.5\) holds 1.5, not an integer joint index"),
+    "float flip pair": (_with(flip_pairs=[[1, 2.0]]), r"flip pair \(1, 2.0\) holds 2.0, not an integer joint index"),
 }
 
 

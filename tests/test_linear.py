@@ -58,8 +58,9 @@ def onednn_enabled(enabled):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("shape,out_features",
-                         [((5, 3), 4), ((0, 3), 4), ((4, 17, 2), 64), ((300, 64), 64), ((34816, 4), 64)],
-                         ids=["tiny", "no-rows", "joints", "square", "large-skinny"])
+                         [((5, 3), 4), ((0, 3), 4), ((2, 5, 0), 4), ((4, 17, 2), 64), ((300, 64), 64),
+                          ((34816, 4), 64)],
+                         ids=["tiny", "no-rows", "no-features", "joints", "square", "large-skinny"])
 def test_matches_f_linear(shape, out_features, with_bias, dtype, onednn):
     params, grad_output = make_inputs(shape, out_features, with_bias, dtype)
     rtol, atol = TOLERANCES[dtype]
@@ -93,6 +94,32 @@ def test_reused_buffers_hold_new_results(rows, onednn):
 def test_gradcheck(with_bias):
     params, _ = make_inputs((6, 5), 3, with_bias, torch.float64)
     assert torch.autograd.gradcheck(lambda *p: OP(p[0], p[1], p[2] if with_bias else None), params)
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_gradgradcheck(with_bias):
+    """create_graph=True on float64 (MKL's route, which once failed with "mm(): functions with
+    out=... arguments don't support automatic differentiation")."""
+    params, _ = make_inputs((6, 5), 3, with_bias, torch.float64)
+    assert torch.autograd.gradgradcheck(lambda *p: OP(p[0], p[1], p[2] if with_bias else None), params)
+
+
+@pytest.mark.parametrize("onednn", ENGINES)
+def test_second_order_gradients_on_both_engines(onednn):
+    """A gradient penalty's gradients through float32 linear on either engine: oneDNN's route
+    once gave silently wrong ones, MKL's an error."""
+    params, grad_output = make_inputs((40, 3), 8, True)
+
+    def penalty_gradients(linear, params):
+        grads = torch.autograd.grad(linear(*params), params, grad_output, create_graph=True)
+        return torch.autograd.grad(sum(g.square().sum() for g in grads), params, materialize_grads=True)
+
+    with onednn_enabled(onednn):
+        got = penalty_gradients(lambda *p: ops.linear(*p, backend="cpu"), params)
+    wide = [p.detach().double().requires_grad_() for p in params]
+    grad_output = grad_output.double()
+    for g, e in zip(got, penalty_gradients(F.linear, wide)):
+        torch.testing.assert_close(g, e.float(), rtol=1e-5, atol=1e-5 * float(e.abs().max()))
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])

@@ -103,6 +103,19 @@ def test_gradcheck_float64(device, backend, mask_kind):
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("mask_kind", ["none", "partial"])
+def test_second_order_gradients(device, backend, mask_kind):
+    """create_graph=True (a gradient penalty): the backward's gradients are differentiable
+    (they were the kernels' plain outputs: silently wrong second-order gradients)."""
+    x, mask, token, adj, eps, _ = make_inputs(size_for(device, backend, 3, 1), 17, 4, mask_kind, 0.25, device,
+                                              torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda x_, token_, eps_: ops.masked_graph_conv(x_, mask, token_, adj, eps_, backend=backend),
+        (x, token, eps),
+    )
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_gradient_flows_only_to_inputs_that_need_it(device, backend):
     # x is data (no grad): only the token's gradient is computed, and it is the same.
     x, mask, token, adj, _, grad_output = make_inputs(5, 17, 8, "partial", 0.0, device)

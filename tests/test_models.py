@@ -183,6 +183,40 @@ def test_random_parts_mask_whole_parts_per_graph():
     assert len({tuple(row.tolist()) for row in whole}) > 1  # resampled across graphs
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_weight_gives_a_nan_loss(backend):
+    """One NaN decoder weight: the loss is NaN, as the reference model's, so that a training
+    loop's isfinite(loss) guard fires (the fused loss once reported a finite loss here)."""
+    reference, fast = twins("SkeletonMAE", backend=backend)
+    for model in (reference, fast):
+        with torch.no_grad():
+            model.decoder.mlp.weight[0, 0] = float("nan")
+        assert model(random_batch()).loss.isnan()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_gradient_penalty_matches_the_reference_model(backend, mode):
+    """d(penalty)/dW for a penalty on the loss's gradients (create_graph=True): the twins agree
+    (the fused model once gave 7.2e3 for the reference's 5.0e6); backends that cannot
+    differentiate a gradient again say so."""
+    reference, fast = twins("SkeletonMAE", backend=backend, embed_dim=16, num_layers=2)
+
+    def penalty_gradient(model):
+        getattr(model, mode)()
+        torch.manual_seed(0)
+        params = list(model.parameters())
+        grads = torch.autograd.grad(model(random_batch(t=4)).loss, params, create_graph=True)
+        return torch.autograd.grad(sum(g.square().sum() for g in grads), model.encoder.embedding.weight)[0]
+
+    expected = penalty_gradient(reference)
+    if backend == "triton":
+        with pytest.raises(RuntimeError, match='use backend="reference"'):
+            penalty_gradient(fast)
+        return
+    assert_relative(penalty_gradient(fast), expected, float(expected.abs().max()), "d penalty / d embedding")
+
+
 def test_random_joints_mask_the_ratio_per_graph():
     model = skelmae_ext.SkeletonMAE(mask_strategy="random_joints", mask_ratio=0.3)
     x = random_batch(t=10)
@@ -291,18 +325,40 @@ BAD_INPUT = {
 }
 
 
+MODELS = {
+    "SkeletonMAE": lambda: skelmae_ext.SkeletonMAE(),
+    "SSLClassifier": lambda: skelmae_ext.SSLClassifier(3, num_frames=8),
+    "STRL": lambda: skelmae_ext.STRL(num_frames=8),  # on its own: it once checked nothing
+}
+
+
 @pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
-@pytest.mark.parametrize("model_name", ["SkeletonMAE", "SSLClassifier"])
+@pytest.mark.parametrize("model_name", list(MODELS))
 def test_bad_input(case, model_name):
     x, message = BAD_INPUT[case]
-    model = skelmae_ext.SkeletonMAE() if model_name == "SkeletonMAE" else skelmae_ext.SSLClassifier(3, num_frames=8)
-    with pytest.raises(ValueError, match=message):
-        model(x)
+    with pytest.raises(ValueError, match=rf"{model_name}: .*{message}"):
+        MODELS[model_name]()(x)
 
 
-def test_num_frames_mismatch():
-    with pytest.raises(ValueError, match=r"T=12 frames but num_frames=8"):
-        skelmae_ext.SSLClassifier(3, num_frames=8)(torch.randn(1, 2, 12, 17, 2))
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_input_of_another_dtype_than_the_model(model_name):
+    """A float64 model fed float32 input says so (the error once blamed linear's weight)."""
+    with pytest.raises(ValueError, match=rf"{model_name}: x is torch.float32 but the model's parameters are "
+                                         r"torch.float64"):
+        MODELS[model_name]().double()(random_batch(t=8))
+
+
+@pytest.mark.parametrize("model_name", ["SSLClassifier", "STRL"])
+def test_num_frames_mismatch(model_name):
+    with pytest.raises(ValueError, match=rf"{model_name}: x has T=12 frames but num_frames=8"):
+        MODELS[model_name]()(torch.randn(1, 2, 12, 17, 2))
+
+
+@pytest.mark.parametrize("source", [42, None, ["encoder.embedding.weight"]], ids=["int", "None", "list"])
+def test_from_pretrained_of_something_else(source):
+    with pytest.raises(ValueError, match=r"from_pretrained: source must be a SkeletonMAE, its state_dict or the "
+                                         r"path of a checkpoint file holding one, got (int|NoneType|list)"):
+        skelmae_ext.SSLClassifier(3, num_frames=8).from_pretrained(source)
 
 
 BAD_CONFIG = {
@@ -313,6 +369,20 @@ BAD_CONFIG = {
     "random joints ratio": (dict(mask_strategy="random_joints", mask_ratio=1.5), r"0 < mask_ratio < 1"),
     "target": (dict(target="pixels"), r"target must be one of"),
     "backend": (dict(backend="fast"), r"backend must be one of"),
+    # Once raw TypeErrors, or a part silently truncated (1.5 masked part 1):
+    "mask parts None": (dict(mask_parts=None), r"mask_parts must be part indices in 0..5 of layout 'coco', got None"),
+    "mask parts int": (dict(mask_parts=3), r"mask_parts must be part indices .* got 3$"),
+    "mask parts str": (dict(mask_parts=("3",)), r"mask_parts must be part indices .* got \('3',\)"),
+    "mask parts float": (dict(mask_parts=(1.5,)), r"mask_parts must be part indices .* got \(1.5,\)"),
+    "mask parts bool": (dict(mask_parts=(True,)), r"mask_parts must be part indices .* got \(True,\)"),
+    "mask ratio str": (dict(mask_strategy="random_joints", mask_ratio="0.5"), r"mask_ratio must be a number with "
+                                                                              r"0 < mask_ratio < 1 .* got '0.5'"),
+    "random parts bool": (dict(mask_strategy="random_parts", num_mask_parts=True), r"num_mask_parts in 1..6, got True"),
+    "beta str": (dict(beta="2"), r"beta must be a number > 0, got '2'"),
+    "embed_dim 0": (dict(embed_dim=0), r"embed_dim must be an integer >= 1, got 0"),
+    "embed_dim float": (dict(embed_dim=64.0), r"embed_dim must be an integer >= 1, got 64.0"),
+    "num_layers 0": (dict(num_layers=0), r"num_layers must be an integer >= 1, got 0"),
+    "in_channels negative": (dict(in_channels=-2), r"in_channels must be an integer >= 1, got -2"),
 }
 
 
@@ -321,3 +391,20 @@ def test_bad_configuration(case):
     kwargs, message = BAD_CONFIG[case]
     with pytest.raises(ValueError, match=message):
         skelmae_ext.SkeletonMAE(**kwargs)
+
+
+BAD_CLASSIFIER_CONFIG = {
+    "num_classes": (dict(num_classes=0), r"num_classes must be an integer >= 1, got 0"),
+    "num_persons": (dict(num_persons=1.5), r"num_persons must be an integer >= 1, got 1.5"),
+    "embed_dim": (dict(embed_dim=None), r"embed_dim must be an integer >= 1, got None"),
+    "num_frames": (dict(num_frames=0), r"num_frames must be an integer >= 1, got 0"),
+    "num_strl_layers": (dict(num_strl_layers=-1), r"num_strl_layers must be an integer >= 1, got -1"),
+    "in_channels": (dict(in_channels=True), r"in_channels must be an integer >= 1, got True"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CLASSIFIER_CONFIG, ids=list(BAD_CLASSIFIER_CONFIG))
+def test_bad_classifier_configuration(case):
+    kwargs, message = BAD_CLASSIFIER_CONFIG[case]
+    with pytest.raises(ValueError, match=message):
+        skelmae_ext.SSLClassifier(**dict(dict(num_classes=3), **kwargs))

@@ -1,15 +1,20 @@
 """The op registry: registration, opcheck, backend choice, extension loading and fallback."""
 
+import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
-from skelmae_ext import _extension, ops
+import skelmae_reference
+from skelmae_ext import _environment, _extension, ops
 
 from conftest import DEVICE_BACKENDS, tracing_context
 from skeletons import adjacency
@@ -25,7 +30,7 @@ CPU_ONLY_OP_NAMES = ["batch_norm_prelu", "batch_norm_prelu_backward", "cosine_re
 
 
 def test_compiled_kernels_are_loaded():
-    if os.environ.get(_extension.DISABLE_ENV):
+    if _environment.flag(_extension.DISABLE_ENV):
         pytest.skip(f"{_extension.DISABLE_ENV} is set")
     assert ops.EXTENSION.loaded, (
         f"{ops.EXTENSION.reason} (run the tests from an installed build, e.g. `pytest tests/`, "
@@ -215,6 +220,82 @@ def test_unbuilt_package_warns_and_falls_back():
 
     with pytest.warns(RuntimeWarning, match="was not built"):
         assert not _extension.load_extension(import_module).loaded
+
+
+DAMAGED_IMPORT_SCRIPT = textwrap.dedent(
+    """
+    import warnings
+    import torch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import skelmae_ext
+    import skelmae_reference
+    assert not skelmae_ext.EXTENSION.loaded and skelmae_ext.available_backends() == ["reference"]
+    pred, target = torch.randn(6, 3), torch.randn(6, 3)
+    assert torch.equal(skelmae_ext.cosine_reconstruction_loss(pred, target),
+                       skelmae_reference.cosine_reconstruction_loss(pred, target))
+    print("\\n".join(str(w.message) for w in caught if w.category is RuntimeWarning))
+    """
+)
+PACKAGE = Path(_extension.__file__).parent
+LIBRARY = next(PACKAGE.glob("_C*.so"), None)
+
+
+def _import_damaged_copy(tmp_path, damage):
+    """Imports a copy of the package, damaged by damage(copied package dir), in a process of
+    its own; returns the RuntimeWarnings it printed."""
+    shutil.copytree(PACKAGE, tmp_path / "skelmae_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(skelmae_reference.__file__).parent, tmp_path / "skelmae_reference",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    damage(tmp_path / "skelmae_ext")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env.pop(_extension.INTERPRET_ENV, None)
+    env.pop(_extension.DISABLE_ENV, None)
+    result = subprocess.run([sys.executable, "-c", DAMAGED_IMPORT_SCRIPT], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    return result.stdout
+
+
+def _truncate(size):
+    def damage(package):
+        library = next(package.glob("_C*.so"))
+        os.truncate(library, size if size >= 0 else library.stat().st_size + size)
+    return damage
+
+
+@pytest.mark.skipif(LIBRARY is None, reason="needs a built library to truncate")
+@pytest.mark.parametrize("size", [2_000_000, -1, 100], ids=["2MB", "last-byte", "100B"])
+def test_a_truncated_library_warns_and_falls_back(tmp_path, size):
+    """A truncated _C once killed the import with SIGBUS (exit 135): dlopen maps pages past
+    the end of the file. The loader now checks the file against its ELF headers first."""
+    warnings = _import_damaged_copy(tmp_path, _truncate(size))
+    assert "compiled kernels unavailable" in warnings and "is truncated" in warnings, warnings
+
+
+def _write_build_info(text):
+    def damage(package):
+        (package / "_build_info.py").write_text(text)
+    return damage
+
+
+@pytest.mark.parametrize("text,message", [
+    ("TORCH_VERSION = '2.14.1\nWITH_CUDA = False\n", r"_build_info.py is unreadable \(SyntaxError"),
+    ("WITH_CUDA = False\n", r"_build_info.py has no TORCH_VERSION;"),
+    ("", r"_build_info.py has no TORCH_VERSION or WITH_CUDA;"),
+    ("raise RuntimeError('half-written')\n", r"_build_info.py is unreadable \(RuntimeError: half-written\)"),
+], ids=["syntax-error", "no-torch-version", "empty", "raises"])
+def test_a_damaged_build_info_warns_and_falls_back(tmp_path, text, message):
+    warnings = _import_damaged_copy(tmp_path, _write_build_info(text))
+    assert "compiled kernels unavailable" in warnings and re.search(message, warnings), warnings
+
+
+def test_the_library_check_passes_sound_files():
+    """No false alarm: the library in use passes, and a file that is not ELF is left to the
+    loader."""
+    if LIBRARY is not None:
+        assert _extension._truncated_library(importlib.util.spec_from_file_location("skelmae_ext._C", LIBRARY)) is None
+    assert _extension._truncated_library(importlib.util.find_spec("skelmae_ext._extension")) is None
 
 
 FALLBACK_SCRIPT = textwrap.dedent(

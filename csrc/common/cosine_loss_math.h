@@ -4,10 +4,13 @@
 //   np = max(|p|, eps), nt = max(|t|, eps), c = <p, t> / (np * nt)
 //   l  = max(1 - c, 0) ^ beta
 // (max(., 0) only removes rounding below zero; it is what F.normalize + clamp_min gives.)
-// Gradient, with g = dl/dc = -beta * (1 - c) ^ (beta - 1) where 1 - c >= 0, else 0:
+// Gradient, with g = dl/dc = -beta * (1 - c) ^ (beta - 1) where 1 - c > 0, else 0:
 //   dl/dp = g * (t / (np * nt) - [|p| >= eps] * c * p / np^2)
 //   dl/dt = g * (p / (np * nt) - [|t| >= eps] * c * t / nt^2)
-// The norm clamp passes no gradient below eps, exactly as F.normalize's clamp_min.
+// The clamps pass no gradient where they bind, exactly as torch's clamp_min: below eps for the
+// norms, at 1 - c <= 0 for the distance (where g is infinite for beta < 1).
+// Every max and comparison lets NaN through, as torch.clamp_min does: a row holding NaN or
+// inf has a NaN loss and NaN gradients, as in the reference path.
 // The kernels scale both by the row weight: mask[r] / max(sum(mask), 1) for "mean",
 // mask[r] for "sum" and "none".
 #pragma once
@@ -66,18 +69,16 @@ SKELMAE_HD CosineRowTerms<Acc> cosine_row_terms(Acc dot, Acc pred_sq, Acc target
   const Acc eps = static_cast<Acc>(kNormEps);
   const Acc pred_norm = sqrt_acc(pred_sq);
   const Acc target_norm = sqrt_acc(target_sq);
-  const Acc pred_den = max_acc(pred_norm, eps);
-  const Acc target_den = max_acc(target_norm, eps);
+  const Acc pred_den = clamp_min_acc(pred_norm, eps);
+  const Acc target_den = clamp_min_acc(target_norm, eps);
   const Acc cosine = dot / (pred_den * target_den);
-  const Acc distance = Acc(1) - cosine;
-  const bool positive = distance >= Acc(0);
-  const Acc clamped = positive ? distance : Acc(0);
-  const Acc dloss_dcos = positive ? -beta * power(clamped, beta - Acc(1)) : Acc(0);
+  const Acc distance = clamp_min_acc(Acc(1) - cosine, Acc(0));
+  const Acc dloss_dcos = distance > Acc(0) ? -beta * power(distance, beta - Acc(1)) : Acc(0);
   CosineRowTerms<Acc> terms;
-  terms.loss = power(clamped, beta);
+  terms.loss = power(distance, beta);
   terms.cross = dloss_dcos / (pred_den * target_den);
-  terms.pred_self = pred_norm >= eps ? -dloss_dcos * cosine / (pred_den * pred_den) : Acc(0);
-  terms.target_self = target_norm >= eps ? -dloss_dcos * cosine / (target_den * target_den) : Acc(0);
+  terms.pred_self = pred_norm < eps ? Acc(0) : -dloss_dcos * cosine / (pred_den * pred_den);
+  terms.target_self = target_norm < eps ? Acc(0) : -dloss_dcos * cosine / (target_den * target_den);
   return terms;
 }
 

@@ -17,9 +17,10 @@ SKELMAE_HD double sqrt_acc(double v) { return ::sqrt(v); }
 SKELMAE_HD float pow_acc(float base, float exponent) { return ::powf(base, exponent); }
 SKELMAE_HD double pow_acc(double base, double exponent) { return ::pow(base, exponent); }
 
+// max(v, low) that returns a NaN v as it is, like torch.clamp_min (fmax would return low).
 template <typename Acc>
-SKELMAE_HD Acc max_acc(Acc a, Acc b) {
-  return a > b ? a : b;
+SKELMAE_HD Acc clamp_min_acc(Acc v, Acc low) {
+  return v < low ? low : v;
 }
 
 // Channels processed together by one call of the tile functions: the CPU kernels use

@@ -6,8 +6,8 @@
 // copy) and calls that copy where the CPU has them.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define SKELMAE_TARGET_AVX2 __attribute__((target("avx2,fma")))
@@ -19,12 +19,18 @@
 
 namespace skelmae {
 
-// SKELMAE_CPU_BASELINE=1 (read once) keeps the baseline copies: for tests, and to compare.
-inline bool cpu_has_avx2() {
+// Whether the baseline copies were asked for (skelmae_ext sets it at import from
+// SKELMAE_CPU_BASELINE): for tests, and to compare.
+inline std::atomic<bool>& cpu_baseline_requested() {
+  static std::atomic<bool> requested{false};
+  return requested;
+}
+
+// Whether run_rows takes the AVX2 + FMA copies: the CPU has them and the baseline was not asked for.
+inline bool cpu_uses_avx2() {
 #if defined(__GNUC__) && defined(__x86_64__)
-  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                std::getenv("SKELMAE_CPU_BASELINE") == nullptr;
-  return available;
+  static const bool available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return available && !cpu_baseline_requested().load(std::memory_order_relaxed);
 #else
   return false;
 #endif
@@ -43,7 +49,7 @@ void run_rows_baseline(const Body& body, int64_t begin, int64_t end) {
 // body(begin, end), a lambda declared SKELMAE_INLINE_BODY, on the widest vectors available.
 template <typename Body>
 void run_rows(const Body& body, int64_t begin, int64_t end) {
-  if (cpu_has_avx2()) {
+  if (cpu_uses_avx2()) {
     run_rows_avx2(body, begin, end);
   } else {
     run_rows_baseline(body, begin, end);

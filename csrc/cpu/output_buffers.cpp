@@ -18,11 +18,7 @@ constexpr size_t kCachedBytes = size_t(1) << 20;  // smaller outputs: PyTorch's 
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kHugePageMinBytes = size_t(4) << 20;
 
-size_t cache_limit_bytes() {
-  const char* value = std::getenv("SKELMAE_CPU_CACHE_MB");
-  const long long megabytes = value != nullptr ? std::atoll(value) : 2048;
-  return megabytes > 0 ? static_cast<size_t>(megabytes) << 20 : 0;
-}
+constexpr size_t kDefaultLimitBytes = size_t(2048) << 20;
 
 void* allocate(size_t bytes) {
   const size_t alignment = bytes >= kHugePageMinBytes ? kHugePage : 64;
@@ -67,6 +63,11 @@ class BufferCache {
     return free_bytes_;
   }
 
+  void set_limit(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = bytes;
+  }
+
   void release() {
     std::vector<void*> blocks;
     {
@@ -82,7 +83,7 @@ class BufferCache {
   std::mutex mutex_;
   std::multimap<size_t, void*> free_;  // by size: a step asks for the same sizes again
   size_t free_bytes_ = 0;
-  const size_t limit_ = cache_limit_bytes();
+  size_t limit_ = kDefaultLimitBytes;
 };
 
 // Never destroyed: tensors may outlive static destruction at interpreter exit.
@@ -110,5 +111,7 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
 size_t cached_output_bytes() { return cache().free_bytes(); }
 
 void release_cached_outputs() { cache().release(); }
+
+void set_cached_output_limit(size_t bytes) { cache().set_limit(bytes); }
 
 }  // namespace skelmae

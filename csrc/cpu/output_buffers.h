@@ -4,7 +4,8 @@
 // 4 KiB page at a time on first touch: for the tens of MB a batch of skeleton graphs takes,
 // the faults cost several times the kernel itself, and a training step repeats the same sizes
 // every iteration. So the outputs of at least kCachedBytes come from a cache: a freed buffer is
-// kept (up to SKELMAE_CPU_CACHE_MB in all, default 2048; 0 turns the cache off) and handed to
+// kept (up to a limit in all: SKELMAE_CPU_CACHE_MB, default 2048, set by skelmae_ext at import;
+// 0 turns the cache off) and handed to
 // the next output of the same size, its pages already resident. New buffers of 4 MiB and more
 // are 2 MiB aligned and advised as transparent huge pages (Linux), which cuts the first-touch
 // cost about fivefold.
@@ -28,5 +29,8 @@ size_t cached_output_bytes();
 
 // Frees the buffers no tensor uses.
 void release_cached_outputs();
+
+// Sets the most bytes the cache keeps in buffers no tensor uses (0: none), from then on.
+void set_cached_output_limit(size_t bytes);
 
 }  // namespace skelmae

@@ -5,6 +5,7 @@
 //   mean = sum_r mask_r * l_r / max(sum_r mask_r, 1);  sum = sum_r mask_r * l_r;
 //   none = mask_r * l_r
 //   dl_r/dp_r = g * (t / (np * nt) - [|p| >= eps] * c * p / np^2),  g = -beta (1 - c)^(beta - 1)
+//   where 1 - c > 0, else 0 (NaN passes through every clamp: common/cosine_loss_math.h)
 //   (and symmetrically for t_r), scaled by the row weight of the reduction.
 //
 // The per-row arithmetic is common/cosine_loss_math.h, the code the CPU kernel runs (one

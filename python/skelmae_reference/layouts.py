@@ -25,6 +25,7 @@ neighbour on the way to the centre (a breadth-first tree of the edges from the c
 """
 
 import json
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -92,6 +93,23 @@ def _fail(layout_name, message):
     raise ValueError(f"layout {layout_name!r}: {message}")
 
 
+def is_index(value):
+    """Whether `value` is an integer index (numpy's included; a bool or a float is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_indices(layout):
+    """Every joint index is an int: a float such as 2.7 was once truncated to a joint silently."""
+    if type(layout.center) is not int:
+        _fail(layout.name, f"center must be an integer joint index, got {layout.center!r}")
+    groups = [("edge", pair) for pair in layout.edges] + [("flip pair", pair) for pair in layout.flip_pairs]
+    groups += [(f"part {p}", joints) for p, joints in enumerate(layout.parts)]
+    for what, indices in groups:
+        bad = [i for i in indices if type(i) is not int]
+        if bad:
+            _fail(layout.name, f"{what} {tuple(indices)} holds {bad[0]!r}, not an integer joint index")
+
+
 def _validate(layout):
     v = len(layout.joints)
     name = layout.name
@@ -99,6 +117,7 @@ def _validate(layout):
         _fail(name, f"needs at least 2 joints, got {v}")
     if len(set(layout.joints)) != v:
         _fail(name, "joint names must be unique")
+    _check_indices(layout)
     for i, j in layout.edges:
         if not (0 <= i < v and 0 <= j < v):
             _fail(name, f"edge ({i}, {j}) is out of range for {v} joints (valid: 0..{v - 1})")
@@ -291,10 +310,10 @@ def layout_from_dict(spec):
         return Layout(
             name=str(spec["name"]),
             joints=tuple(str(j) for j in spec["joints"]),
-            edges=tuple((int(i), int(j)) for i, j in spec["edges"]),
-            center=int(spec["center"]),
-            parts=tuple(tuple(int(j) for j in part) for part in spec["parts"]),
-            flip_pairs=tuple((int(i), int(j)) for i, j in spec.get("flip_pairs", ())),
+            edges=tuple((_index(i), _index(j)) for i, j in spec["edges"]),
+            center=_index(spec["center"]),
+            parts=tuple(tuple(_index(j) for j in part) for part in spec["parts"]),
+            flip_pairs=tuple((_index(i), _index(j)) for i, j in spec.get("flip_pairs", ())),
             parents=None if spec.get("parents") is None else tuple(spec["parents"]),
         )
     except (TypeError, ValueError) as error:
@@ -314,6 +333,11 @@ def _layout_from_json(path):
         return layout_from_dict(spec)
     except ValueError as error:
         raise ValueError(f"layout file {os.fspath(path)!r}: {error}") from error
+
+
+def _index(value):
+    """An integer index as an int (numpy's too); anything else as it is, for Layout to reject."""
+    return int(value) if is_index(value) else value
 
 
 def get_layout(layout):

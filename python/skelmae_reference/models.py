@@ -13,13 +13,15 @@ its fused kernels (and folds a few Linear layers exactly), which makes ``skelmae
 a drop-in, faster twin (same arguments, same state_dict keys).
 """
 
+import numbers
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from . import ops as reference_ops
-from .layouts import get_layout
+from .layouts import get_layout, is_index
 
 MASK_STRATEGIES = ("parts", "random_parts", "random_joints")
 TARGETS = ("input", "embedding")
@@ -117,14 +119,26 @@ class SkeletonEncoder(nn.Module):
         return self.gin(h, mask, token).reshape(*leading, joints, -1)
 
 
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 class SkeletonMAEOutput(NamedTuple):
     loss: torch.Tensor  # 0-d: mean over masked joints of non-padding graphs
     reconstruction: torch.Tensor  # [N, M, T, V, C_out]
     mask: torch.Tensor  # [N, M, T, V] bool: the joints masked and scored
 
 
-def check_skeleton_input(x, layout, in_channels, owner):
-    """Shape, dtype and (outside torch.compile) finiteness checks of an [N, M, T, V, C] batch."""
+def check_positive_ints(**values):
+    """Each named value is an int >= 1 (a size or count of the model)."""
+    for name, value in values.items():
+        if not is_index(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_skeleton_input(x, layout, in_channels, owner, dtype):
+    """Shape, dtype (floating point, the model's `dtype`) and (outside torch.compile)
+    finiteness checks of an [N, M, T, V, C] batch."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 5:
@@ -137,6 +151,9 @@ def check_skeleton_input(x, layout, in_channels, owner):
                          f"in_channels={in_channels} (shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise ValueError(f"{owner}: x must be floating point, got {x.dtype}")
+    if x.dtype != dtype:
+        raise ValueError(f"{owner}: x is {x.dtype} but the model's parameters are {dtype}; convert one to "
+                         f"the other (x.to(dtype) or model.to(x.dtype))")
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{owner}: x contains NaN or inf")
 
@@ -168,8 +185,7 @@ class SkeletonMAE(nn.Module):
         self.in_channels, self.embed_dim, self.beta, self.target = in_channels, embed_dim, beta, target
         self.mask_strategy = mask_strategy
         self.mask_ratio, self.num_mask_parts = mask_ratio, num_mask_parts
-        self._check_config(mask_parts)
-        self.mask_parts = tuple(mask_parts)
+        self.mask_parts = self._check_config(mask_parts, num_layers)
         ops = self.make_ops(backend)
         self.ops = ops
         adjacency = self.layout.adjacency()
@@ -185,24 +201,29 @@ class SkeletonMAE(nn.Module):
     make_ops = staticmethod(reference_ops_for)
     encoder_class = SkeletonEncoder
 
-    def _check_config(self, mask_parts):
+    def _check_config(self, mask_parts, num_layers):
+        """The constructor's arguments; returns mask_parts as a tuple."""
+        check_positive_ints(in_channels=self.in_channels, embed_dim=self.embed_dim, num_layers=num_layers)
         parts = len(self.layout.parts)
         if self.mask_strategy not in MASK_STRATEGIES:
             raise ValueError(f"mask_strategy must be one of {MASK_STRATEGIES}, got {self.mask_strategy!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        bad = [p for p in mask_parts if not 0 <= p < parts]
-        if not mask_parts or bad:
+        if not _is_real(self.beta) or not self.beta > 0:
+            raise ValueError(f"beta must be a number > 0, got {self.beta!r}")
+        sequence = isinstance(mask_parts, Iterable) and not isinstance(mask_parts, (str, bytes))
+        chosen = tuple(mask_parts) if sequence else ()
+        if not chosen or any(not is_index(p) or not 0 <= p < parts for p in chosen):
             raise ValueError(f"mask_parts must be part indices in 0..{parts - 1} of layout "
-                             f"{self.layout.name!r}, got {tuple(mask_parts)}")
+                             f"{self.layout.name!r}, got {mask_parts!r}")
         if self.mask_strategy == "random_parts" and not (
-                isinstance(self.num_mask_parts, int) and 1 <= self.num_mask_parts <= parts):
+                is_index(self.num_mask_parts) and 1 <= self.num_mask_parts <= parts):
             raise ValueError(f"random_parts needs num_mask_parts in 1..{parts}, got {self.num_mask_parts!r}")
-        if self.mask_strategy == "random_joints" and not (
-                self.mask_ratio is not None and 0 < self.mask_ratio < 1):
-            raise ValueError(f"random_joints needs 0 < mask_ratio < 1, got {self.mask_ratio!r}")
+        if not (self.mask_ratio is None and self.mask_strategy != "random_joints") and not (
+                _is_real(self.mask_ratio) and 0 < self.mask_ratio < 1):
+            raise ValueError(f"mask_ratio must be a number with 0 < mask_ratio < 1 (random_joints needs one), "
+                             f"got {self.mask_ratio!r}")
+        return tuple(int(p) for p in chosen)
 
     def sample_mask(self, graphs, device):
         """[G, V] bool: the joints to mask in each graph, by the masking strategy."""
@@ -223,7 +244,7 @@ class SkeletonMAE(nn.Module):
 
     def forward(self, x):
         """x: [N, M, T, V, C] -> SkeletonMAEOutput(loss, reconstruction, mask)."""
-        check_skeleton_input(x, self.layout, self.in_channels, type(self).__name__)
+        check_skeleton_input(x, self.layout, self.in_channels, type(self).__name__, self.mask_token.dtype)
         n, m, t, v, c = x.shape
         graphs = x.reshape(n * m * t, v, c)
         not_padding = graphs.abs().sum(dim=(1, 2)) > 0  # all-zero persons / frames are padding

@@ -12,11 +12,13 @@ One STRL layer, on H [N, M, T, V, D]:
     1x1 branch, BatchNorm, with a residual.
 """
 
+import os
+
 import torch
 from torch import nn
 
 from .layouts import get_layout
-from .models import GINEncoder, ReferenceOps, check_skeleton_input, reference_ops_for
+from .models import GINEncoder, ReferenceOps, check_positive_ints, check_skeleton_input, reference_ops_for
 
 
 class MultiScaleTemporalConv(nn.Module):
@@ -98,7 +100,10 @@ class STRL(nn.Module):
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3, num_frames=64,
                  num_strl_layers=3, learn_eps=False, backend="auto"):
         super().__init__()
-        adjacency = get_layout(layout).adjacency()
+        check_positive_ints(in_channels=in_channels, embed_dim=embed_dim, num_layers=num_layers,
+                            num_frames=num_frames, num_strl_layers=num_strl_layers)
+        self.layout, self.in_channels, self.num_frames = get_layout(layout), in_channels, num_frames
+        adjacency = self.layout.adjacency()
         ops = self.make_ops(backend)
         self.ops = ops
         self.embedding = nn.Linear(in_channels, embed_dim)
@@ -108,8 +113,15 @@ class STRL(nn.Module):
             [self.layer_class(embed_dim, num_layers, adjacency, ops, learn_eps) for _ in range(num_strl_layers)]
         )
 
+    def check_input(self, x, owner="STRL"):
+        """The checks of check_skeleton_input, and T = num_frames (the position embedding's)."""
+        check_skeleton_input(x, self.layout, self.in_channels, owner, self.position.dtype)
+        if x.shape[2] != self.num_frames:
+            raise ValueError(f"{owner}: x has T={x.shape[2]} frames but num_frames={self.num_frames}")
+
     def forward(self, x):
         """x: [N, M, T, V, C] -> [N, M, T, V, D]."""
+        self.check_input(x)
         h = self.ops.linear(x, self.embedding.weight, self.embedding.bias) + self.position[:, None, :]
         for layer in self.layers:
             h = layer(h)
@@ -128,6 +140,7 @@ class SSLClassifier(nn.Module):
                  num_frames=64, num_persons=2, freeze_encoder=False, backend="auto",
                  num_strl_layers=3, learn_eps=False):
         super().__init__()
+        check_positive_ints(num_classes=num_classes, num_persons=num_persons)
         self.layout = get_layout(layout)
         self.in_channels, self.num_frames, self.num_persons = in_channels, num_frames, num_persons
         self.freeze_encoder = freeze_encoder
@@ -154,9 +167,7 @@ class SSLClassifier(nn.Module):
     def features(self, x):
         """[N, M, T, V, C] -> [N, D]: STRL output averaged over persons, frames and joints."""
         name = type(self).__name__
-        check_skeleton_input(x, self.layout, self.in_channels, name)
-        if x.shape[2] != self.num_frames:
-            raise ValueError(f"{name}: x has T={x.shape[2]} frames but num_frames={self.num_frames}")
+        self.strl.check_input(x, name)  # STRL checks again: cheap, and errors then name this model
         if x.shape[1] != self.num_persons:
             raise ValueError(f"{name}: x has M={x.shape[1]} persons but num_persons={self.num_persons}")
         return self.strl(x).mean(dim=(1, 2, 3))
@@ -180,8 +191,11 @@ class SSLClassifier(nn.Module):
 def _encoder_state(source):
     if isinstance(source, nn.Module):
         return source.state_dict()
-    if not isinstance(source, dict):
+    if isinstance(source, (str, os.PathLike)):
         source = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(source, dict):
+        raise ValueError(f"from_pretrained: source must be a SkeletonMAE, its state_dict or the path of a "
+                         f"checkpoint file holding one, got {type(source).__name__}")
     for key in ("state_dict", "model"):
         if isinstance(source.get(key), dict):
             return source[key]

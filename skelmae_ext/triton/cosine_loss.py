@@ -5,11 +5,13 @@ For row r with p = pred[r], t = target[r] (C channels) and eps = 1e-12:
     l_r  = max(1 - c, 0) ^ beta
     mean = sum_r mask_r * l_r / max(sum_r mask_r, 1);  sum = sum_r mask_r * l_r;
     none = mask_r * l_r
-Gradient, with g = dl/dc = -beta * (1 - c) ^ (beta - 1) where 1 - c >= 0, else 0:
+Gradient, with g = dl/dc = -beta * (1 - c) ^ (beta - 1) where 1 - c > 0, else 0:
     dl/dp = g * (t / (np * nt) - [|p| >= eps] * c * p / np^2)
     dl/dt = g * (p / (np * nt) - [|t| >= eps] * c * t / nt^2)
-(the norm clamp passes no gradient below eps, as F.normalize's clamp_min), times the row weight
-mask_r / max(sum(mask), 1) for "mean", mask_r for "sum" and "none".
+(the clamps pass no gradient where they bind, as torch's clamp_min), times the row weight
+mask_r / max(sum(mask), 1) for "mean", mask_r for "sum" and "none". The maxima and comparisons
+let NaN through, as the C++ kernels' shared math (csrc/common/cosine_loss_math.h) and the
+reference path: a row holding NaN or inf has a NaN loss and NaN gradients.
 
 The forward kernel (one program per block of rows) writes the loss (per row, or per-program
 partial sums that a second stage reduces) and, for the inputs that need it, the gradient for
@@ -42,6 +44,13 @@ def _load_tile(ptr, rows, row_ok, c0, channels, BLOCK_C: tl.constexpr):
     offsets = rows[:, None] * channels + cols[None, :]
     tile = tl.load(ptr + offsets, mask=inside, other=0)
     return tile.to(_accumulate_type(ptr.dtype.element_ty)), offsets, inside
+
+
+@triton.jit
+def _clamp_min(value, low):
+    """max(value, low) that returns a NaN value as it is, like torch.clamp_min (tl.maximum leaves
+    NaN unspecified)."""
+    return tl.where(value < low, low, value)
 
 
 @triton.jit
@@ -100,13 +109,12 @@ def _cosine_loss_forward_kernel(
 
     pred_norm = tl.sqrt(pred_sq)
     target_norm = tl.sqrt(target_sq)
-    pred_den = tl.maximum(pred_norm, NORM_EPS)
-    target_den = tl.maximum(target_norm, NORM_EPS)
+    pred_den = _clamp_min(pred_norm, NORM_EPS)
+    target_den = _clamp_min(target_norm, NORM_EPS)
     cosine = dot / (pred_den * target_den)
-    distance = 1 - cosine
-    positive = distance >= 0  # max(., 0) only removes rounding below zero
-    loss, slope = _power_and_slope(tl.where(positive, distance, 0), beta, INT_BETA)
-    dloss_dcos = tl.where(positive, -slope, 0)
+    distance = _clamp_min(1 - cosine, 0)  # only removes rounding below zero
+    loss, slope = _power_and_slope(distance, beta, INT_BETA)
+    dloss_dcos = tl.where(distance > 0, -slope, 0)  # infinite slope at 0 for beta < 1: none passes
     counted = row_ok
     if HAS_MASK:
         counted = counted & (tl.load(mask_ptr + rows, mask=row_ok, other=0) != 0)
@@ -120,8 +128,8 @@ def _cosine_loss_forward_kernel(
         # Masked-out rows get weight 0: their gradient is 0 * derivative, as in the reference.
         weight = tl.where(counted, tl.load(row_weight_ptr), 0) * dloss_dcos
         cross = (weight / (pred_den * target_den))[:, None]
-        pred_self = tl.where(pred_norm >= NORM_EPS, -weight * cosine / (pred_den * pred_den), 0)
-        target_self = tl.where(target_norm >= NORM_EPS, -weight * cosine / (target_den * target_den), 0)
+        pred_self = tl.where(pred_norm < NORM_EPS, 0, -weight * cosine / (pred_den * pred_den))
+        target_self = tl.where(target_norm < NORM_EPS, 0, -weight * cosine / (target_den * target_den))
         for c0 in range(0, channels, BLOCK_C):
             pred, offsets, inside = _load_tile(pred_ptr, rows, row_ok, c0, channels, BLOCK_C)
             target, _, _ = _load_tile(target_ptr, rows, row_ok, c0, channels, BLOCK_C)
