@@ -41,10 +41,12 @@ TESTS_K = "cuda or triton"
 # memcheck: every small op test but a slice of test_matches_reference (all V and C; single
 # graph, no mask, eps 0; 203 graphs, partial mask, learnable eps; the loss's three betas, each
 # reduction and mask kind once), leaving out the largest (many_*, bitwise: 3000 graphs) and
-# gradcheck (hundreds of launches): 120 tests, sized for the stage's budget by guess (the
-# sanitizer's slowdown here is unmeasured).
-MEMCHECK_K = ("cuda and not many_ and not gradcheck and not bitwise and (not matches_reference"
-              " or 1-0.0-none or 203-0.37-partial or 2.0-none-partial or 3.0-mean-none or 1.0-sum-full)")
+# gradcheck (hundreds of launches), second-order and compiled cases, and all but one slice of the
+# non-finite rows: at most 150 tests, sized for the stage's budget by guess (the sanitizer's
+# slowdown here is unmeasured).
+MEMCHECK_K = ("cuda and not many_ and not gradcheck and not bitwise and not second_order and not compiled"
+              " and (not matches_reference or 1-0.0-none or 203-0.37-partial or 2.0-none-partial"
+              " or 3.0-mean-none or 1.0-sum-full) and (not non_finite_counted or 2.0-mean-partial-both)")
 RACECHECK_K = "cuda and hand_computed or cuda and non_contiguous"  # racecheck is slow: a few small cases
 # GPU benchmarks of each op at its acceptance shape (benchmarks/test_ops.py ids) and the GPU's
 # copy bandwidth; every provider on cuda.
@@ -87,7 +89,7 @@ class Stage:
     tools: list  # executables and Python modules it needs ("module:name")
     after: str = None  # the stage that must have passed first ("gpu": env found one)
     expect: list = ()  # regexes: each must match a test id that ran (that is collected, in the dry run)
-    count: int = None  # the exact number of tests the dry run must collect, where the selection fixes it
+    count: int = None  # tests the dry run must collect: exactly (benchmarks) or at most (sanitizer stages)
     sanitizer: bool = False  # passes only with "ERROR SUMMARY: 0 errors"
     keep_going: bool = False  # run every command even after one failed
 
@@ -166,7 +168,7 @@ def stages(ctx):
             pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", MEMCHECK_K], ["-rA"],
                            wrapper=sanitizer("memcheck"), env=no_caching),
         ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files),
-            count=120, sanitizer=True),
+            count=150, sanitizer=True),
         Stage("racecheck", 30, "compute-sanitizer racecheck on a few small cases", [
             pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", RACECHECK_K], ["-rA"],
                            wrapper=sanitizer("racecheck"), env=no_caching),
@@ -480,9 +482,12 @@ def dry_run(ctx):
             ids = [line.strip() for line in log.read_text().splitlines() if "::" in line and not line.startswith("$")]
             entry["collected"] = len(ids)
             entry["not_collected"] = missing(stage.expect, ids)
-            ok &= not entry["not_collected"] and (stage.count is None or len(ids) == stage.count)
-            if stage.count is not None and len(ids) != stage.count:
-                entry["checks"].append(f"collected {len(ids)}, expected {stage.count}")
+            # count bounds what a stage's budget was sized for; the benchmark stages give it exactly.
+            fits = stage.count is None or (len(ids) <= stage.count if stage.sanitizer else len(ids) == stage.count)
+            ok &= not entry["not_collected"] and fits
+            if not fits:
+                bound = "at most" if stage.sanitizer else "expected"
+                entry["checks"].append(f"collected {len(ids)}, {bound} {stage.count}")
         report.append(entry)
     if total > LIMIT_S:
         ok = False
