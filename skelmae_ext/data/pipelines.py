@@ -12,8 +12,8 @@ AUGMENTATION = {"rotation": 0.2, "scale": 0.1, "noise": 0.01}
 def default_pipeline(mode="train", clip_len=64, num_clips=1, feats=("j",), *, dims=2, num_person=2,
                      augment=True, with_score=False, rotation=None, scale=None, noise=None):
     """The transforms for ``mode`` ("train" or "test") on ``dims``-D data (2 or 3):
-    UniformSample(clip_len, num_clips), PoseDecode, PreNormalize2D (2D; 3D: PreNormalize3D
-    first), in training with ``augment`` RandomRot, RandomScale and RandomGaussianNoise
+    UniformSample(clip_len, num_clips), PoseDecode, PreNormalize2D and CenterSkeleton (2D; 3D:
+    PreNormalize3D, which centres, first), in training with ``augment`` RandomRot, RandomScale and RandomGaussianNoise
     (magnitudes from AUGMENTATION unless given; 0 leaves one out), then GenSkeFeat(feats,
     with_score) and FormatGCNInput(num_person). The output channels are the coordinates (2 or 3)
     per feature, plus the score channel with ``with_score``."""
@@ -24,7 +24,8 @@ def default_pipeline(mode="train", clip_len=64, num_clips=1, feats=("j",), *, di
     sample = [{"type": "UniformSample", "clip_len": clip_len, "num_clips": num_clips}, {"type": "PoseDecode"}]
     # PreNormalize2D acts on each joint alone: on the sampled frames it gives PYSKL's values (which
     # normalises first) for less work. PreNormalize3D drops frames and needs the whole sequence.
-    pipeline = sample + [{"type": "PreNormalize2D"}] if dims == 2 else [{"type": "PreNormalize3D"}] + sample
+    pipeline = (sample + [{"type": "PreNormalize2D"}, {"type": "CenterSkeleton"}] if dims == 2
+                else [{"type": "PreNormalize3D"}] + sample)
     if mode == "train" and augment:
         magnitudes = dict(AUGMENTATION)
         magnitudes.update({k: v for k, v in (("rotation", rotation), ("scale", scale), ("noise", noise)) if v is not None})
