@@ -17,8 +17,9 @@ A checkpoint is a dict:
                  "position"}: the data loader's order and per-sample draws follow from them
     config       the resolved configuration; versions: environment.versions()
 
-Writing: a temporary file in the same folder, flushed and fsync'ed, then renamed over the
-target (and the folder fsync'ed), so a crash leaves either the old or the new file whole.
+Writing: a temporary file (``.NAME.XXXX.partial``) in the same folder, flushed and fsync'ed,
+then renamed over the target (and the folder fsync'ed), so a crash leaves either the old or the
+new file whole; a run starting in the folder deletes what a crash left (``remove_partial``).
 ``SKELMAE_TEST_KILL_IN_SAVE=N`` (tests only) SIGKILLs the process after the N-th save of
 the process has written its temporary file and before the rename.
 """
@@ -27,6 +28,7 @@ import os
 import random
 import signal
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ FORMAT = "skelmae_ext.checkpoint/1"
 KINDS = ("pretrain", "finetune")
 MODELS = {"SkeletonMAE": models.SkeletonMAE, "SSLClassifier": models.SSLClassifier}
 KILL_ENV = "SKELMAE_TEST_KILL_IN_SAVE"
+_PARTIAL = ".partial"  # the temporary files end so
 _saves = 0
 
 
@@ -49,7 +52,7 @@ def save(path, payload):
     global _saves
     _saves += 1
     folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=_PARTIAL)
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
@@ -69,12 +72,21 @@ def save(path, payload):
         os.close(directory)
 
 
+def remove_partial(folder):
+    """Deletes what saves cut short by a crash left in ``folder`` (their temporary files)."""
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(_PARTIAL):
+            os.remove(os.path.join(folder, name))
+
+
 def load(path):
     """The checkpoint at ``path`` (weights_only: loading runs no code), checked to be one."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: the error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (a damaged file raises any of several types)
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
                               f"{' '.join(str(error).split())[:200]}): pass a .pth written by skelmae") from error

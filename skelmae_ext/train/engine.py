@@ -154,6 +154,7 @@ class _Trainer:
     def run(self):
         if distributed.is_main():
             os.makedirs(self.work_dir, exist_ok=True)
+            checkpoint.remove_partial(self.work_dir)
         resumed_from = self._resume()
         self._write_records(resumed_from)
         forward = torch.compile(self.model) if self.train["compile"] else self.model
@@ -207,7 +208,8 @@ class _Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             if ctrl_c.requested:
                 self._interrupt()
-            if self.train["save_every_steps"] and self.step % self.train["save_every_steps"] == 0:
+            if (self.train["save_every_steps"] and self.step % self.train["save_every_steps"] == 0
+                    and self.batch < self.steps_per_epoch):  # an epoch's end saves anyway
                 self._save(LATEST)
         if bar is not None:
             bar.close()

@@ -20,7 +20,7 @@ def dataset(data, data_config, split, layout, num_person, *, mode, num_clips=1, 
     pipeline = default_pipeline(mode, data_config["clip_len"], num_clips, tuple(data_config["feats"]), dims=dims,
                                 num_person=num_person, augment=data_config.get("augment", False),
                                 with_score=data_config["with_score"], **augmentation)
-    return SkeletonDataset(data, split, pipeline, layout=layout, label_fraction=label_fraction, seed=seed,
+    return SkeletonDataset(data, split, pipeline, layout=layout, label_fraction=label_fraction, seed=seed, mode=mode,
                            name=data_config["source"])
 
 
