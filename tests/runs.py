@@ -8,9 +8,14 @@ import sys
 
 import torch
 
+import skelmae_ext
+import skelmae_reference
 from annotations import annotation, write_pickle
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The packages this process imports (the source tree, or the installed build in CI), for the
+# subprocesses too.
+PATH = os.pathsep.join(os.path.dirname(os.path.dirname(package.__file__))
+                       for package in (skelmae_ext, skelmae_reference))
 
 # A 13-joint stick figure: 0 head, 1 neck, 2-4 left shoulder, elbow, hand, 5-7 right, 8 pelvis,
 # 9-10 left knee, foot, 11-12 right.
@@ -41,13 +46,16 @@ def write_stick(folder, train_labels=(0, 1, 2) * 4, val_labels=(0, 1, 2, 2, 1, 0
 
 
 def skelmae(*args, env=None, check=True):
-    """``python -m skelmae_ext ARGS`` with this checkout on the path: the CompletedProcess."""
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python")]), **(env or {}))
+    """``python -m skelmae_ext ARGS`` with this process's packages: the CompletedProcess."""
     result = subprocess.run([sys.executable, "-m", "skelmae_ext", *map(str, args)], capture_output=True, text=True,
-                            env=environment, cwd=ROOT)
+                            env=environment(**(env or {})))
     if check and result.returncode != 0:
         raise AssertionError(f"skelmae {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+def environment(**variables):
+    return dict(os.environ, PYTHONPATH=PATH, **variables)
 
 
 def json_line(result):

@@ -17,7 +17,7 @@ import torch
 
 from skelmae_ext.train import checkpoint
 
-from runs import ROOT, TINY, load, records, skelmae, write_stick
+from runs import TINY, environment, load, records, skelmae, write_stick
 
 # 12 samples / batch 4 = 3 batches an epoch, 3 epochs: random body parts masked (the torch
 # generator matters), latest.pth every 2 steps.
@@ -90,8 +90,7 @@ def test_ctrl_c_finishes_the_step_and_exits_130(stick, tmp_path):
     work_dir = tmp_path / "run"
     arguments = command(PRETRAIN, data, layout, work_dir, 0)
     arguments[arguments.index("--epochs") + 1] = 10**6  # runs until interrupted
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python")]))
-    process = subprocess.Popen([sys.executable, "-m", "skelmae_ext", *map(str, arguments)], env=environment,
+    process = subprocess.Popen([sys.executable, "-m", "skelmae_ext", *map(str, arguments)], env=environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (os.path.exists(work_dir / "log.jsonl") and records(work_dir, "step")):
@@ -103,3 +102,14 @@ def test_ctrl_c_finishes_the_step_and_exits_130(stick, tmp_path):
     assert "interrupted at epoch" in stderr and "Traceback" not in stderr
     state = checkpoint.load(str(work_dir / "latest.pth"))
     assert state["step"] == records(work_dir, "step")[-1]["step"]  # the step in flight was finished and saved
+
+
+def test_compiled_run_resumes(stick, tmp_path):
+    data, layout = stick
+    arguments = command(PRETRAIN, data, layout, tmp_path / "run", 0) + ["--compile"]
+    arguments[arguments.index("--epochs") + 1] = 1
+    skelmae(*arguments)
+    arguments[arguments.index("--epochs") + 1] = 2
+    assert "resumed from" in skelmae(*arguments).stderr
+    state = load(tmp_path / "run" / "latest.pth")
+    assert state["step"] == 6 and not any(key.startswith("_orig_mod") for key in state["model"])  # the module's keys

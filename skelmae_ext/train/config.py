@@ -18,7 +18,6 @@ import torch
 import yaml
 
 from ..data import AUGMENTATION
-from ..layouts import BUILTIN_LAYOUTS, get_layout
 
 AUTO = "auto"
 
@@ -92,31 +91,25 @@ class ConfigError(ValueError):
 # Checks of single values: each returns the value (normalised) or raises ValueError(what is expected)
 
 
-def _integer(value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"must be an integer >= {low}, got {value!r}")
-    return int(value)
+def _integer(low):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"must be an integer >= {low}, got {value!r}")
+        return int(value)
+    return check
 
 
-def _positive_int(value):
-    return _integer(value, 1)
-
-
-def _count(value):
-    return _integer(value, 0)
-
-
-def _number(value, low=0.0, high=None, low_open=True):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"must be a number, got {value!r}")
-    if value < low or (low_open and value == low) or (high is not None and value > high):
-        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high is not None else f"{'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"must be in {bounds}, got {value!r}" if high is not None else f"must be {bounds}, got {value!r}")
-    return float(value)
-
-
-def _positive(value):
-    return _number(value)
+def _real(low=0.0, high=None, closed=False):
+    """A number above ``low`` (or equal to it when ``closed``), at most ``high``."""
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"must be a number, got {value!r}")
+        if not (value >= low if closed else value > low) or (high is not None and value > high):
+            bound = ("[" if closed else "(") + f"{low:g}, {high:g}]" if high is not None else \
+                (">= " if closed else "> ") + f"{low:g}"
+            raise ValueError(f"must be {'in ' if high is not None else ''}{bound}, got {value!r}")
+        return float(value)
+    return check
 
 
 def _auto_or(check):
@@ -127,15 +120,21 @@ def _optional(check):
     return lambda value: None if value is None else check(value)
 
 
-def _boolean(value):
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
-    return value
+def _of_type(kind, expected):
+    def check(value):
+        if not isinstance(value, kind) or value == "":
+            raise ValueError(f"must be {expected}, got {value!r}")
+        return value
+    return check
+
+
+_boolean = _of_type(bool, "true or false")
+_mapping = _of_type(dict, "a mapping of keyword arguments")
 
 
 def _text(value):
     if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ValueError(f"must be a non-empty string, got {value!r}")
+        raise ValueError(f"must be a non-empty string or path, got {value!r}")
     return str(value)
 
 
@@ -147,27 +146,19 @@ def _choice(*choices):
     return check
 
 
-def _feats(value):
-    value = [value] if isinstance(value, str) else value
-    if not isinstance(value, (list, tuple)) or not value or any(f not in FEATS for f in value):
-        raise ValueError(f"must be a list of {list(FEATS)}, got {value!r}")
-    return list(value)
+def _list(item, name):
+    def check(value):
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"must be a list of {name}, got {value!r}")
+        return [item(entry) for entry in value]
+    return check
 
 
 def _augmentation(value):
     if not isinstance(value, dict) or set(value) != set(AUGMENTATION):
         raise ValueError(f"must give {sorted(AUGMENTATION)} (0 leaves one out), got {value!r}")
-    return {name: _number(magnitude, low_open=False) for name, magnitude in value.items()}
-
-
-def _mapping(value):
-    if not isinstance(value, dict):
-        raise ValueError(f"must be a mapping of keyword arguments, got {value!r}")
-    return value
-
-
-def _resume(value):
-    return value if value in (AUTO, False) else _text(value)
+    return {name: _real(closed=True)(magnitude) for name, magnitude in value.items()}
 
 
 def _device(value):
@@ -179,41 +170,31 @@ def _device(value):
         raise ValueError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}") from error
 
 
-def _paths(value):
-    value = [value] if isinstance(value, str) else value
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"must be one or more paths, got {value!r}")
-    return [_text(path) for path in value]
-
-
-def _weights(value):
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"must be a list of numbers, got {value!r}")
-    return [_number(weight, low_open=False) for weight in value]
+_positive_int, _count, _positive = _integer(1), _integer(0), _real()
 
 
 CHECKS = {
     "data.source": _text, "data.split": _text, "data.train_split": _text, "data.val_split": _text,
     "data.layout": _text, "data.clip_len": _positive_int, "data.num_person": _auto_or(_positive_int),
-    "data.feats": _feats, "data.with_score": _boolean, "data.augment": _boolean,
-    "data.augmentation": _augmentation, "data.workers": _auto_or(_count),
-    "data.label_fraction": lambda value: _number(value, 0.0, 1.0), "data.val_clips": _positive_int,
+    "data.feats": _list(_choice(*FEATS), f"features {list(FEATS)}"), "data.with_score": _boolean,
+    "data.augment": _boolean, "data.augmentation": _augmentation, "data.workers": _auto_or(_count),
+    "data.label_fraction": _real(0.0, 1.0), "data.val_clips": _positive_int,
     "model": _mapping,
     "optim.optimizer": _choice(*OPTIMIZERS), "optim.lr": _auto_or(_positive), "optim.base_lr": _positive,
     "optim.base_batch_size": _positive_int, "optim.args": _mapping, "optim.schedule": _choice(*SCHEDULES),
-    "optim.warmup_epochs": lambda value: _number(value, low_open=False),
-    "optim.clip_grad_norm": _optional(_positive),
-    "optim.label_smoothing": lambda value: _number(value, 0.0, 0.999, low_open=False),
+    "optim.warmup_epochs": _real(closed=True), "optim.clip_grad_norm": _optional(_positive),
+    "optim.label_smoothing": _real(0.0, 0.999, closed=True),
     "train.work_dir": _text, "train.epochs": _positive_int, "train.batch_size": _positive_int,
     "train.seed": _count, "train.device": _device, "train.threads": _auto_or(_positive_int),
     "train.amp": _boolean, "train.amp_dtype": _choice(*AMP_DTYPES), "train.compile": _boolean,
     "train.save_every": _count, "train.save_every_steps": _count, "train.log_every_steps": _positive_int,
-    "train.resume": _resume, "train.pretrained": _optional(_text),
+    "train.resume": lambda value: value if value in (AUTO, False) else _text(value),
+    "train.pretrained": _optional(_text),
     # the evaluation commands
     "data": _text, "split": _text, "checkpoint": _text, "num_clips": _positive_int, "out": _optional(_text),
     "batch_size": _positive_int, "device": _device, "workers": _auto_or(_count),
     "train": _text, "test": _text, "k": _positive_int, "temperature": _positive,
-    "scores": _paths, "weights": _optional(_weights),
+    "scores": _list(_text, "paths"), "weights": _optional(_list(_real(closed=True), "numbers >= 0")),
 }
 
 
@@ -356,55 +337,3 @@ def resolve_workers(workers, device):
 def resolve_lr(optim, batch_size):
     """optim.lr, or base_lr scaled linearly by batch_size / base_batch_size."""
     return optim["lr"] if optim["lr"] != AUTO else optim["base_lr"] * batch_size / optim["base_batch_size"]
-
-
-def resolve_layout(layout, data, where, key="data.layout",
-                   fix="pass the layout the data was made with (--layout NAME|FILE.json)"):
-    """The Layout of ``layout`` (a name, JSON path or dict; "auto": implied by the data's joint
-    count), checked against the data's joints; ``fix`` ends the message of a misfit."""
-    from ..data import DataError, layout_for_joints
-
-    joints = _joints(data)
-    if layout == AUTO:
-        return layout_for_joints(joints, where)
-    try:
-        resolved = get_layout(layout)
-    except ValueError as error:
-        raise ConfigError(key, str(error)) from None
-    if resolved.num_joints != joints:
-        raise DataError(f"{where}: the keypoints have {joints} joints but layout {resolved.name!r} has "
-                        f"{resolved.num_joints}: {fix}")
-    return resolved
-
-
-def layout_name(layout, option):
-    """What config.yaml records of the layout: a built-in's name for "auto", else the option."""
-    return layout.name if option == AUTO and BUILTIN_LAYOUTS.get(layout.name) == layout else option
-
-
-def resolve_num_person(num_person, data, splits):
-    """The persons per sample; "auto": the most any sample of ``splits`` has, at most 2."""
-    if num_person != AUTO:
-        return num_person
-    wanted = {name for split in splits for name in data["split"][split]}
-    most = max((a["keypoint"].shape[0] for a in data["annotations"] if a["frame_dir"] in wanted), default=1)
-    return max(1, min(MAX_PERSONS, int(most)))
-
-
-def check_splits(data, splits, where):
-    """Each of ``splits`` (names) must be one of the file's."""
-    from ..data import DataError
-
-    for split in splits:
-        if split not in data["split"]:
-            raise DataError(f"{where}: unknown split {split!r}; the file has {sorted(data['split'])}")
-
-
-def _joints(data):
-    from ..data import DataError
-
-    for annotation in data["annotations"]:
-        keypoint = annotation.get("keypoint")
-        if getattr(keypoint, "ndim", 0) == 4:
-            return keypoint.shape[2]
-    raise DataError("the data holds no keypoint array [M, T, V, C]")

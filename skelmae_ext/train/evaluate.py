@@ -25,7 +25,7 @@ import torch
 from ..data import DataError, read_pickle
 from . import checkpoint as checkpoints
 from . import inputs, metrics
-from .config import build, resolve_device, resolve_layout, resolve_workers
+from .config import build, resolve_device, resolve_workers
 from .workdir import TEST_RECORD, append_json_line, find_checkpoint, scores_file
 
 
@@ -52,7 +52,7 @@ def _open(checkpoint, data, split, num_clips, batch_size, device, workers, kinds
     device = resolve_device(device)
     data_config = dict(state["config"]["data"], source=data)
     annotations = inputs.read(data, [split])
-    layout = resolve_layout(state["layout"], annotations, data, "layout",
+    layout = inputs.resolve_layout(state["layout"], annotations, data, "layout",
                             f"this checkpoint was trained on layout {state['layout']['name']!r}: "
                             "evaluate it on data of that skeleton")
     dataset = inputs.dataset(annotations, data_config, split, layout, data_config["num_person"], mode="test",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import engine, inputs, metrics
 from .checkpoint import CheckpointError, construct, load, require_kind
-from .config import AUTO, layout_name, resolve_layout, resolve_num_person
+from .config import AUTO
 from .evaluate import predict
 from .workdir import find_checkpoint
 
@@ -30,9 +30,9 @@ def plan(config):
     if pretrained is not None:
         layout = _pretrained_layout(pretrained, layout_option, data, source)
     else:
-        layout = resolve_layout(layout_option, data, source)
-    data_config["layout"] = layout_name(layout, layout_option)
-    num_person = data_config["num_person"] = resolve_num_person(data_config["num_person"], data, splits)
+        layout = inputs.resolve_layout(layout_option, data, source)
+    data_config["layout"] = inputs.layout_name(layout, layout_option)
+    num_person = data_config["num_person"] = inputs.resolve_num_person(data_config["num_person"], data, splits)
     train_set = inputs.dataset(data, data_config, data_config["train_split"], layout, num_person, mode="train",
                                seed=train["seed"], label_fraction=data_config["label_fraction"])
     val_set = inputs.dataset(data, data_config, data_config["val_split"], layout, num_person, mode="test",
@@ -86,7 +86,7 @@ def _pretrained(option):
 def _pretrained_layout(pretrained, option, data, source):
     path, state = pretrained
     fix = f"{path} was pre-trained on layout {state['layout']['name']!r}: fine-tune on data of that skeleton"
-    layout = resolve_layout(state["layout"] if option == AUTO else option, data, source, fix=fix)
+    layout = inputs.resolve_layout(state["layout"] if option == AUTO else option, data, source, fix=fix)
     if layout.to_dict() != state["layout"]:
         raise CheckpointError(f"--layout {layout.name!r} is not the layout {state['layout']['name']!r} that {path} "
                               "was pre-trained on: drop --layout or pass that one")

@@ -2,7 +2,6 @@
 
 from . import engine, inputs
 from .checkpoint import construct
-from .config import layout_name, resolve_layout, resolve_num_person
 
 
 def plan(config):
@@ -12,9 +11,9 @@ def plan(config):
     data_config = config["data"]
     source, split = data_config["source"], data_config["split"]
     data = inputs.read(source, [split])
-    layout = resolve_layout(data_config["layout"], data, source)
-    data_config["layout"] = layout_name(layout, data_config["layout"])
-    data_config["num_person"] = resolve_num_person(data_config["num_person"], data, [split])
+    layout = inputs.resolve_layout(data_config["layout"], data, source)
+    data_config["layout"] = inputs.layout_name(layout, data_config["layout"])
+    data_config["num_person"] = inputs.resolve_num_person(data_config["num_person"], data, [split])
     train_set = inputs.dataset(data, data_config, split, layout, data_config["num_person"], mode="train",
                                seed=config["train"]["seed"])
     args = dict(config["model"], in_channels=train_set.in_channels)
