@@ -45,9 +45,9 @@ _RUN = [
     ("--warmup-epochs", "optim.warmup_epochs", dict(type=float)),
     ("--embed-dim", "model.embed_dim", dict(type=int, metavar="D")),
     ("--num-layers", "model.num_layers", dict(type=int, metavar="L", help="GIN encoder layers")),
-    ("--device", "train.device", dict(help="auto, cpu, cuda or cuda:N")),
+    ("--device", "train.device", dict(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
     ("--seed", "train.seed", dict(type=int)),
-    ("--threads", "train.threads", dict(type=_auto_int, help="torch's CPU threads")),
+    ("--threads", "train.threads", dict(type=_auto_int, metavar="N", help="torch's CPU threads")),
     ("--amp", "train.amp", dict(action="store_const", const=True, help="bfloat16 autocast (CUDA)")),
     ("--compile", "train.compile", dict(action="store_const", const=True, help="torch.compile the model")),
     ("--save-every", "train.save_every", dict(type=int, metavar="N", help="epoch_N.pth every N epochs (0: never)")),
@@ -82,7 +82,7 @@ OPTIONS = {
         ("--num-clips", "num_clips", dict(type=int, metavar="K", help="test clips, softmax averaged")),
         ("--out", "out", dict(metavar="SCORES.pkl", help="score dump (default: scores_SPLIT.pkl beside the "
                                                          "checkpoint)")),
-        ("--batch-size", "batch_size", dict(type=int)), ("--device", "device", dict()),
+        ("--batch-size", "batch_size", dict(type=int)), ("--device", "device", dict(metavar="DEVICE")),
         ("--workers", "workers", dict(type=_auto_int)),
     ],
     "knn": [
@@ -122,8 +122,7 @@ def build_parser():
                                      "evaluation (skelmae_ext)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, summary in SUMMARIES.items():
-        sub = commands.add_parser(command, help=summary, description=summary,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub = commands.add_parser(command, help=summary, description=summary)
         sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
         if command == "describe":
             sub.add_argument("source", metavar="SRC")
@@ -138,8 +137,10 @@ def build_parser():
         for flags, key, keywords in OPTIONS[command]:
             default = _default(command, key)
             keywords = dict(keywords, dest=key, default=argparse.SUPPRESS)
-            if default is not None and keywords.get("action") != "store_const":
-                keywords["help"] = f"{keywords.get('help', '')} (default: {default})".lstrip()
+            shown = f"; default {default}" if default is not None and keywords.get("action") != "store_const" else ""
+            keywords["help"] = f"{keywords.get('help', '')} [{key}{shown}]".lstrip()
+            if "action" not in keywords and "choices" not in keywords:
+                keywords.setdefault("metavar", {int: "N", float: "X"}.get(keywords.get("type"), "NAME"))
             sub.add_argument(flags, **keywords)
     return parser
 
@@ -185,7 +186,7 @@ def main(argv=None):
     try:
         result = run(args)
     except KeyboardInterrupt as interrupt:
-        print(f"skelmae {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        print(f"skelmae {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
     except (ConfigError, DataError, CheckpointError) as error:
         if args.debug:

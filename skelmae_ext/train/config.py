@@ -175,7 +175,7 @@ _positive_int, _count, _positive = _integer(1), _integer(0), _real()
 
 CHECKS = {
     "data.source": _text, "data.split": _text, "data.train_split": _text, "data.val_split": _text,
-    "data.layout": _text, "data.clip_len": _positive_int, "data.num_person": _auto_or(_positive_int),
+    "data.layout": lambda value: value if isinstance(value, dict) else _text(value), "data.clip_len": _positive_int, "data.num_person": _auto_or(_positive_int),
     "data.feats": _list(_choice(*FEATS), f"features {list(FEATS)}"), "data.with_score": _boolean,
     "data.augment": _boolean, "data.augmentation": _augmentation, "data.workers": _auto_or(_count),
     "data.label_fraction": _real(0.0, 1.0), "data.val_clips": _positive_int,

@@ -5,12 +5,16 @@ and checkpoints (``is_main``)."""
 import torch.distributed
 
 
+def _initialized():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def world_size():
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return torch.distributed.get_world_size() if _initialized() else 1
 
 
 def rank():
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return torch.distributed.get_rank() if _initialized() else 0
 
 
 def is_main():

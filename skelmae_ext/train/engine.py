@@ -180,7 +180,7 @@ class _Trainer:
         sampler.start = self.batch * self.train["batch_size"]  # mid-epoch resume: skip, unread
         self.model.train()
         interval = Totals()
-        self.epoch_began = self.epoch_totals.began = time.perf_counter()
+        self.epoch_totals.began = time.perf_counter()
         bar = progress(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{self.train['epochs']}")
         batches = iter(self.loader)
         while True:
@@ -213,7 +213,6 @@ class _Trainer:
                 self._save(LATEST)
         if bar is not None:
             bar.close()
-        self.epoch_time = time.perf_counter() - self.epoch_began
 
     def _interrupt(self):
         self._save(LATEST)
@@ -239,7 +238,7 @@ class _Trainer:
         self.epoch += 1
         self.batch = 0
         fields = dict(self.epoch_totals.fields(), lr=self.scheduler.get_last_lr()[0],
-                      epoch_time=round(self.epoch_time, 3))
+                      epoch_time=round(time.perf_counter() - self.epoch_totals.began, 3))
         self.epoch_totals = Totals()
         if self.plan.validate is not None:
             began = time.perf_counter()
@@ -307,6 +306,10 @@ class _Trainer:
         self.epoch_totals = Totals(steps=totals["steps"], samples=totals["samples"], loss=totals["loss"],
                                    right=totals["right"])
         checkpoint.set_rng_state(state["rng"])
+        changed = _differences(state["config"], self.config)
+        if changed:
+            self.log.text(f"the configuration differs from {path}'s in {', '.join(changed)}: the run goes on with "
+                          "this one")
         return path
 
     def _write_records(self, resumed_from):
@@ -320,6 +323,18 @@ class _Trainer:
             "data": {"source": os.path.abspath(source), "sha256": sha256(source)},
             "versions": versions(), "kernels": kernels(self.device), "threads": torch.get_num_threads(),
             "world_size": distributed.world_size()})
+
+
+def _differences(before, after, prefix=""):
+    """The dotted keys whose values differ between two configurations."""
+    keys = []
+    for key in sorted(set(before) | set(after)):
+        first, second = before.get(key), after.get(key)
+        if isinstance(first, dict) and isinstance(second, dict):
+            keys += _differences(first, second, f"{prefix}{key}.")
+        elif first != second:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 class _CtrlC:
