@@ -27,14 +27,9 @@ def kernels(device):
 
 
 def kernel_isa():
-    """The vector instructions the CPU kernels' hot loops use (csrc/cpu/cpu_isa.h's choice)."""
-    if os.environ.get("SKELMAE_CPU_BASELINE") is not None:
-        return "baseline x86-64 (SKELMAE_CPU_BASELINE set)"
-    flags = set()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
-    return "avx2+fma" if {"avx2", "fma"} <= flags else "baseline x86-64"
+    """The copies the CPU kernels' hot loops run ("avx2" or "baseline"; csrc/cpu/cpu_isa.h's
+    choice), or None without the compiled kernels."""
+    return ops.EXTENSION.cpu_isa or None
 
 
 def info():
