@@ -99,6 +99,18 @@ def test_seeded_loaders_give_identical_batches_with_any_workers():
     assert not torch.equal(batches(other_seed, 0)[0][0], epoch0[0][0])
 
 
+def test_loader_starting_in_the_middle_of_an_epoch():
+    data = load_annotations(COCO2D_SAMPLE)
+    for workers in (0, 2):
+        loader = make_loader(SkeletonDataset(data, "xstyle_train", seed=7), 2, shuffle=True, workers=workers)
+        whole = batches(loader, 1)
+        loader.sampler.start = 4  # two batches of 2 done: the rest, not loaded again
+        assert len(loader) == 2
+        assert_same_batches(batches(loader, 1), whole[2:])
+        loader.sampler.start = 0
+        assert_same_batches(batches(loader, 1), whole)
+
+
 def test_loader_order_and_drop_last():
     data = load_annotations(COCO2D_SAMPLE)
     ordered = make_loader(SkeletonDataset(data, "xstyle_train", mode="test"), 2, shuffle=False, workers=0,

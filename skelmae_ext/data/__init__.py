@@ -24,6 +24,7 @@ from .readers import (
     read_npz,
     read_ntu,
     read_ntu_skeleton,
+    read_pickle,
     save_annotations,
 )
 from .transforms import (
@@ -48,6 +49,6 @@ __all__ = [
     "PoseDecode", "PreNormalize2D", "PreNormalize3D", "RandomGaussianNoise", "RandomRot", "RandomScale",
     "SkeletonDataset", "TRANSFORMS", "UniformSample", "UnsafePickleError", "build_transform", "convert",
     "default_pipeline", "default_workers", "describe", "format_description", "layout_for_joints",
-    "load_annotations", "make_loader", "ntu_splits", "read_npz", "read_ntu", "read_ntu_skeleton",
+    "load_annotations", "make_loader", "ntu_splits", "read_npz", "read_ntu", "read_ntu_skeleton", "read_pickle",
     "save_annotations", "validate",
 ]

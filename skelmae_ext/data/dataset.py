@@ -45,19 +45,22 @@ class SkeletonDataset(torch.utils.data.Dataset):
     count. ``label_fraction`` < 1 keeps a class-balanced subset (that share of each class,
     at least one sample per class), fixed by ``seed``, in file order.
 
+    ``name`` is how error messages call the source (default: its path, or a marker for loaded
+    data: pass the path when you pass its loaded dict).
+
     ``dataset[i]`` is ``(x [num_clips, M, T, V, C] float32 tensor, label int)``.
     """
 
     def __init__(self, source, split, pipeline=None, layout=None, label_fraction=1.0, seed=0, *,
                  mode="train", clip_len=64, num_clips=1, feats=("j",), num_person=2, augment=True,
-                 with_score=False):
+                 with_score=False, name=None):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if not 0 < label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
-        where = source_name(source)
+        where = source_name(source) if name is None else str(name)
         data = load_annotations(source)
         annotations = select_split(data, split, where)
         self.layout = resolve_layout(layout, annotations, where)
@@ -119,19 +122,23 @@ def _class_balanced(annotations, fraction, seed):
 
 class EpochSampler(torch.utils.data.Sampler):
     """Yields ``(index, epoch)``: every index of ``dataset`` once, shuffled by ``(seed, epoch)``
-    when ``shuffle``, with the ``dataset.epoch`` current when the iteration starts."""
+    when ``shuffle``, with the ``dataset.epoch`` current when the iteration starts.
+
+    ``start`` skips the first ``start`` indices of each epoch's order (set it before iterating:
+    a run resumed in the middle of an epoch goes on from there without loading what it did)."""
 
     def __init__(self, dataset, shuffle, seed):
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
+        self.start = 0
 
     def __len__(self):
-        return len(self.dataset)
+        return max(0, len(self.dataset) - self.start)
 
     def __iter__(self):
         epoch = self.dataset.epoch
         order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)) if self.shuffle
                  else np.arange(len(self.dataset)))
-        return ((int(index), epoch) for index in order)
+        return ((int(index), epoch) for index in order[self.start:])
 
 
 def default_workers():

@@ -77,6 +77,17 @@ def load_annotations(source, *, npz_persons=2, npz_channels=3):
     return _annotation_file(_unpickle(path, head), path)
 
 
+def read_pickle(path):
+    """A pickle (also compressed) of numpy arrays and plain containers, through the restricted
+    unpickler that ``load_annotations`` uses (anything else is refused and never runs)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    return _unpickle(path, head)
+
+
 def _unpickle(path, head):
     opener = next((open_ for magic, open_ in _COMPRESSION if head.startswith(magic)), open)
     try:

@@ -1,0 +1,208 @@
+"""The ``skelmae`` command line (also ``python -m skelmae_ext``): parsing, configuration files
+(``--config FILE``, then the options given, which win), ``--print-config``, one-line errors
+(exit status 2; ``--debug`` shows the traceback) and exit status 130 after Ctrl-C. Each command
+calls ``skelmae_ext.train`` (or the data layer's ``describe``) and prints its result.
+
+Every option maps to one configuration key (``--epochs`` to ``train.epochs``); ``--set KEY=VALUE``
+sets any key, such as a model argument without an option of its own (``--set model.beta=3``).
+"""
+
+import argparse
+import json
+import sys
+import traceback
+
+import yaml
+
+from skelmae_reference.models import MASK_STRATEGIES, TARGETS
+
+from .data import DataError, describe, format_description
+from .train import CheckpointError, ConfigError, ensemble, evaluate, extract, finetune, info, knn, pretrain
+from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, to_yaml
+from .train.finetuning import plan as finetune_plan
+from .train.pretraining import plan as pretrain_plan
+
+
+def _auto_int(text):
+    return text if text == "auto" else int(text)
+
+
+# (flags, key, argparse keywords); the help shows each key's default from config.DEFAULTS
+_RUN = [
+    ("--data", "data.source", dict(metavar="SRC", help="skeleton data: a PYSKL pickle, a CTR-GCN .npz or a folder "
+                                                       "of NTU .skeleton files")),
+    ("--work-dir", "train.work_dir", dict(metavar="DIR", help="where the run keeps config, logs and checkpoints")),
+    ("--layout", "data.layout", dict(metavar="NAME|FILE.json", help="skeleton layout (auto: from the joint count)")),
+    ("--clip-len", "data.clip_len", dict(type=int, metavar="T", help="frames per clip")),
+    ("--num-person", "data.num_person", dict(type=_auto_int, metavar="M",
+                                             help="persons per sample (auto: the most in the data, at most 2)")),
+    ("--feats", "data.feats", dict(nargs="+", choices=FEATS, help="input features: joint, bone, and their motions")),
+    ("--workers", "data.workers", dict(type=_auto_int, metavar="K", help="loader worker processes")),
+    ("--epochs", "train.epochs", dict(type=int)),
+    ("--batch-size", "train.batch_size", dict(type=int)),
+    ("--lr", "optim.lr", dict(type=float, help="learning rate (auto: base_lr scaled by batch / base_batch_size)")),
+    ("--weight-decay", "optim.args.weight_decay", dict(type=float)),
+    ("--warmup-epochs", "optim.warmup_epochs", dict(type=float)),
+    ("--embed-dim", "model.embed_dim", dict(type=int, metavar="D")),
+    ("--num-layers", "model.num_layers", dict(type=int, metavar="L", help="GIN encoder layers")),
+    ("--device", "train.device", dict(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
+    ("--seed", "train.seed", dict(type=int)),
+    ("--threads", "train.threads", dict(type=_auto_int, metavar="N", help="torch's CPU threads")),
+    ("--amp", "train.amp", dict(action="store_const", const=True, help="bfloat16 autocast (CUDA)")),
+    ("--compile", "train.compile", dict(action="store_const", const=True, help="torch.compile the model")),
+    ("--save-every", "train.save_every", dict(type=int, metavar="N", help="epoch_N.pth every N epochs (0: never)")),
+    ("--save-every-steps", "train.save_every_steps", dict(type=int, metavar="N", help="latest.pth every N steps too")),
+    ("--log-every-steps", "train.log_every_steps", dict(type=int, metavar="N")),
+    ("--resume", "train.resume", dict(metavar="CKPT", help="resume from this checkpoint (auto: the work dir's "
+                                                           "latest.pth)")),
+    ("--no-resume", "train.resume", dict(action="store_const", const=False, help="start over")),
+]
+OPTIONS = {
+    "pretrain": _RUN + [
+        ("--split", "data.split", dict(help="the split to pre-train on")),
+        ("--mask-strategy", "model.mask_strategy", dict(choices=MASK_STRATEGIES)),
+        ("--mask-parts", "model.mask_parts", dict(type=int, nargs="+", metavar="P", help="body parts masked")),
+        ("--target", "model.target", dict(choices=TARGETS, help="reconstruction target")),
+    ],
+    "finetune": _RUN + [
+        ("--train-split", "data.train_split", dict()),
+        ("--val-split", "data.val_split", dict()),
+        ("--pretrained", "train.pretrained", dict(metavar="CKPT|WORK_DIR", help="a pre-training checkpoint or its "
+                                                                                "work directory")),
+        ("--label-fraction", "data.label_fraction", dict(type=float, metavar="F",
+                                                         help="class-balanced share of the training labels")),
+        ("--freeze-encoder", "model.freeze_encoder", dict(action="store_const", const=True,
+                                                          help="linear probe: pre-trained encoder frozen")),
+        ("--val-clips", "data.val_clips", dict(type=int)),
+        ("--label-smoothing", "optim.label_smoothing", dict(type=float)),
+    ],
+    "test": [
+        ("--data", "data", dict(metavar="SRC")), ("--split", "split", dict()),
+        ("--checkpoint", "checkpoint", dict(metavar="CKPT|WORK_DIR")),
+        ("--num-clips", "num_clips", dict(type=int, metavar="K", help="test clips, softmax averaged")),
+        ("--out", "out", dict(metavar="SCORES.pkl", help="score dump (default: scores_SPLIT.pkl beside the "
+                                                         "checkpoint)")),
+        ("--batch-size", "batch_size", dict(type=int)), ("--device", "device", dict(metavar="DEVICE")),
+        ("--workers", "workers", dict(type=_auto_int)),
+    ],
+    "knn": [
+        ("--train", "train", dict(metavar="FEATS.npz")), ("--test", "test", dict(metavar="FEATS.npz")),
+        ("--k", "k", dict(type=int)), ("--temperature", "temperature", dict(type=float)),
+    ],
+    "ensemble": [
+        ("--scores", "scores", dict(nargs="+", metavar="SCORES.pkl")),
+        ("--weights", "weights", dict(nargs="+", type=float, help="default: 2 2 1 1 for four dumps, else equal")),
+    ],
+}
+OPTIONS["extract"] = [option for option in OPTIONS["test"] if option[0] != "--out"] + [
+    ("--out", "out", dict(metavar="FEATS.npz"))]
+SUMMARIES = {
+    "pretrain": "pre-train SkeletonMAE",
+    "finetune": "fine-tune the SSL classifier (or probe with --freeze-encoder)",
+    "test": "top-1, top-5, mean class accuracy of a fine-tuned checkpoint; score dump",
+    "extract": "pooled features of a checkpoint as .npz",
+    "knn": "KNN accuracy of extracted features",
+    "ensemble": "fuse score dumps (multi-stream)",
+    "describe": "what a skeleton data file holds",
+    "info": "versions, kernels, CPU and GPUs",
+}
+RUNS = {"pretrain": (pretrain, pretrain_plan), "finetune": (finetune, finetune_plan)}
+CALLS = {"test": evaluate, "extract": extract, "knn": knn, "ensemble": ensemble}
+
+
+def _default(command, key):
+    node = DEFAULTS[command]
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="skelmae", description="SkeletonMAE pre-training, fine-tuning and "
+                                     "evaluation (skelmae_ext)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, summary in SUMMARIES.items():
+        sub = commands.add_parser(command, help=summary, description=summary)
+        sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        if command == "describe":
+            sub.add_argument("source", metavar="SRC")
+            sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+            continue
+        if command == "info":
+            continue
+        sub.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (the command line wins)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="set any configuration key (VALUE in YAML), e.g. model.beta=3")
+        sub.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+        for flags, key, keywords in OPTIONS[command]:
+            default = _default(command, key)
+            keywords = dict(keywords, dest=key, default=argparse.SUPPRESS)
+            shown = f"; default {default}" if default is not None and keywords.get("action") != "store_const" else ""
+            keywords["help"] = f"{keywords.get('help', '')} [{key}{shown}]".lstrip()
+            if "action" not in keywords and "choices" not in keywords:
+                keywords.setdefault("metavar", {int: "N", float: "X"}.get(keywords.get("type"), "NAME"))
+            sub.add_argument(flags, **keywords)
+    return parser
+
+
+def _updates(command, args):
+    """The configuration updates of a command line: the YAML file's, then --set, then the options."""
+    updates = [load_yaml(args.config)] if args.config else []
+    for assignment in args.set:
+        key, equals, value = assignment.partition("=")
+        if not equals or not key:
+            raise ConfigError("--set", f"expected KEY=VALUE, got {assignment!r}")
+        updates.append(nest({key: yaml.safe_load(value)}))
+    given = {key: value for key, value in vars(args).items() if "." in key or key in DEFAULTS[command]}
+    updates.append(nest(given))
+    return updates
+
+
+def run(args):
+    """The command's result (a dict), or None when it printed the configuration."""
+    if args.command == "info":
+        return info()
+    if args.command == "describe":
+        return describe(args.source)
+    config = build(args.command, *_updates(args.command, args))
+    if args.command in RUNS:
+        execute, plan = RUNS[args.command]
+        if args.print_config:
+            print(to_yaml(plan(config).config), end="")
+            return None
+        return execute(config)
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return None
+    return CALLS[args.command](**config)
+
+
+def _flag(command, key):
+    return next((flags for flags, option_key, _ in OPTIONS.get(command, []) if option_key == key), None)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except KeyboardInterrupt as interrupt:
+        print(f"skelmae {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, CheckpointError) as error:
+        if args.debug:
+            traceback.print_exc()
+        message = str(error)
+        if isinstance(error, ConfigError) and _flag(args.command, error.key):
+            message = f"{_flag(args.command, error.key)} ({error.key}): {error.message}"
+        print(f"skelmae {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    if result is not None:
+        if args.command == "describe" and not args.json:
+            print(format_description(result))
+        else:
+            print(json.dumps(result, indent=2 if args.command == "info" else None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

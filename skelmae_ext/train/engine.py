@@ -1,0 +1,359 @@
+"""The training loop of pre-training and fine-tuning: optimiser, learning-rate schedule (linear
+warm-up, then constant or cosine, per step), AMP, torch.compile, checkpoints, exact resume,
+Ctrl-C and logs.
+
+A recipe (pretraining.py, finetuning.py) resolves its configuration with ``start``, builds a
+``Plan`` (model, training set, the loss of a batch, a validation) and hands it to ``fit``.
+
+Exact resume: a checkpoint holds every state the next steps depend on (weights, optimiser,
+schedule, scaler, the generators, the loader's position), and the loader's order and per-sample
+draws are functions of (seed, epoch, index); a run resumed in the middle of an epoch skips the
+batches done without loading them. On the CPU, a run killed and resumed ends with the same
+weights, bit for bit, as one that was not (tests/test_train_resume.py).
+
+Steps do not wait for the device: the loss and the count of right answers are summed on it and
+read (``.item()``) only when a log record or checkpoint is written.
+"""
+
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data import DataError
+from . import checkpoint, distributed, inputs
+from .config import AUTO, OPTIMIZERS, build, resolve_device, resolve_lr, resolve_workers
+from .environment import kernels, versions
+from .logs import RunLog, format_fields, peak_memory_mb, progress
+from .workdir import BEST, LATEST, RUN_RECORD, append_json_line, epoch_checkpoint, sha256, write_config
+
+KILL_AT_STEP_ENV = "SKELMAE_TEST_KILL_AT_STEP"  # tests only: SIGKILL right after this optimiser step
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the step finished and latest.pth was written."""
+
+
+@dataclass
+class Plan:
+    """What ``fit`` trains: built by a recipe from its resolved configuration."""
+
+    kind: str  # "pretrain" or "finetune": the checkpoints' kind
+    config: dict  # resolved: what config.yaml and the checkpoints hold
+    device: torch.device
+    model: torch.nn.Module
+    record: dict  # model_class, model_args, layout (dict), class_names: rebuilds the model
+    train_set: object  # a SkeletonDataset
+    loss: Callable  # (forward, x, y) -> (0-d loss, number of right answers or None)
+    validate: Callable = None  # model -> {"top1", "top5", "mean_class_accuracy"}
+
+
+@dataclass
+class Totals:
+    """Sums over some steps; loss and right answers stay on the device until read. Rates count
+    only the steps of this process (a resumed epoch's sums start from the checkpoint's)."""
+
+    steps: int = 0
+    samples: int = 0
+    loss: object = 0.0
+    right: object = None
+    timed_samples: int = 0
+    wait: float = 0.0  # seconds spent waiting for batches
+    began: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss, right, samples, wait):
+        self.steps += 1
+        self.samples += samples
+        self.timed_samples += samples
+        self.loss = self.loss + loss.detach().float()
+        if right is not None:
+            self.right = right if self.right is None else self.right + right
+        self.wait += wait
+
+    def fields(self):
+        elapsed = max(time.perf_counter() - self.began, 1e-9)
+        return {"loss": float(self.loss) / max(self.steps, 1),
+                "train_top1": None if self.right is None else float(self.right) / max(self.samples, 1),
+                "samples_per_s": round(self.timed_samples / elapsed, 2), "data_wait": round(self.wait / elapsed, 4)}
+
+
+def start(command, config):
+    """``config`` checked, with the run-wide "auto" values resolved (device, threads, workers,
+    learning rate), and the process seeded: a recipe's first step."""
+    config = build(command, config or {})
+    train, data, optim = config["train"], config["data"], config["optim"]
+    device = resolve_device(train["device"], train["amp"], "train.device")
+    train["device"] = str(device)
+    if train["threads"] == AUTO:
+        train["threads"] = torch.get_num_threads()
+    torch.set_num_threads(train["threads"])
+    data["workers"] = resolve_workers(data["workers"], device)
+    optim["lr"] = resolve_lr(optim, train["batch_size"])
+    seed = train["seed"]
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return config, device
+
+
+def schedule(optim, steps_per_epoch, epochs):
+    """The learning-rate factor of each step: linear warm-up over ``warmup_epochs``, then
+    constant or a cosine down to 0 at the last step."""
+    warmup = round(optim["warmup_epochs"] * steps_per_epoch)
+    total = steps_per_epoch * epochs
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if optim["schedule"] == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return factor
+
+
+def fit(plan):
+    """Trains ``plan`` to the configured epochs, resuming from a checkpoint when there is one.
+    Returns the last epoch's metrics, the step, and the checkpoints' paths."""
+    return _Trainer(plan).run()
+
+
+class _Trainer:
+    def __init__(self, plan):
+        self.plan, self.config = plan, plan.config
+        self.train, self.optim = self.config["train"], self.config["optim"]
+        self.work_dir = self.train["work_dir"]
+        self.device = plan.device
+        self.model = plan.model.to(self.device)
+        self.loader = inputs.loader(plan.train_set, self.train["batch_size"], self.config["data"]["workers"],
+                                    self.device, train=True)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{self.config['data']['source']}: the training split has {len(plan.train_set)} samples, "
+                            f"fewer than one batch of {self.train['batch_size']}: lower --batch-size")
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS[self.optim["optimizer"]](parameters, lr=self.optim["lr"], **self.optim["args"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, schedule(self.optim, self.steps_per_epoch, self.train["epochs"]))
+        self.amp_dtype = getattr(torch, self.train["amp_dtype"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train["amp"] and self.amp_dtype == torch.float16)
+        self.epoch = self.batch = self.step = 0
+        self.best = None
+        self.epoch_totals = Totals()
+        self.log = RunLog(self.work_dir)
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def run(self):
+        if distributed.is_main():
+            os.makedirs(self.work_dir, exist_ok=True)
+            checkpoint.remove_partial(self.work_dir)
+        resumed_from = self._resume()
+        self._write_records(resumed_from)
+        forward = torch.compile(self.model) if self.train["compile"] else self.model
+        epochs = self.train["epochs"]
+        self.log.text(f"{self.plan.kind} {'resumed from ' + resumed_from if resumed_from else 'started'}: epoch "
+                      f"{self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}, step {self.step}, "
+                      f"{len(self.plan.train_set)} samples, batch size {self.train['batch_size']}, device {self.device}, "
+                      f"kernels {kernels(self.device)['backend']}, work dir {self.work_dir}")
+        self.log.record("start", epoch=self.epoch, step=self.step, resumed_from=resumed_from)
+        last = {}
+        with _CtrlC() as ctrl_c:
+            while self.epoch < epochs:
+                self._train_epoch(forward, ctrl_c)
+                last = self._end_epoch()
+        self.log.text(f"{self.plan.kind} finished: {epochs} epochs, {self.step} steps")
+        return dict(last, kind=self.plan.kind, work_dir=self.work_dir, epoch=self.epoch, step=self.step,
+                    checkpoint=os.path.join(self.work_dir, LATEST),
+                    best_checkpoint=os.path.join(self.work_dir, BEST) if self.best else None)
+
+    def _train_epoch(self, forward, ctrl_c):
+        dataset, sampler = self.plan.train_set, self.loader.sampler
+        dataset.set_epoch(self.epoch)
+        sampler.start = self.batch * self.train["batch_size"]  # mid-epoch resume: skip, unread
+        self.model.train()
+        interval = Totals()
+        self.epoch_totals.began = time.perf_counter()
+        bar = progress(self.steps_per_epoch, self.batch, f"epoch {self.epoch + 1}/{self.train['epochs']}")
+        batches = iter(self.loader)
+        while True:
+            waited = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError:
+                if not ctrl_c.requested:  # Ctrl-C in a terminal also stops the loader's workers
+                    raise
+                self._interrupt()
+            waited = time.perf_counter() - waited
+            loss, right = self._step(forward, x, y)
+            self.batch += 1
+            self.step += 1
+            for totals in (interval, self.epoch_totals):
+                totals.add(loss, right, y.shape[0], waited)
+            if bar is not None:
+                bar.update()
+            if self.step % self.train["log_every_steps"] == 0:
+                self._log_step(interval, bar)
+                interval = Totals()
+            if os.environ.get(KILL_AT_STEP_ENV) == str(self.step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if ctrl_c.requested:
+                self._interrupt()
+            if (self.train["save_every_steps"] and self.step % self.train["save_every_steps"] == 0
+                    and self.batch < self.steps_per_epoch):  # an epoch's end saves anyway
+                self._save(LATEST)
+        if bar is not None:
+            bar.close()
+
+    def _interrupt(self):
+        self._save(LATEST)
+        raise Interrupted(f"interrupted at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}: "
+                          f"{os.path.join(self.work_dir, LATEST)} written; run the same command to resume")
+
+    def _step(self, forward, x, y):
+        x = x.to(self.device, non_blocking=True).flatten(0, 1)
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, self.amp_dtype, enabled=self.train["amp"]):
+            loss, right = self.plan.loss(forward, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.optim["clip_grad_norm"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim["clip_grad_norm"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, right
+
+    def _end_epoch(self):
+        self.epoch += 1
+        self.batch = 0
+        fields = dict(self.epoch_totals.fields(), lr=self.scheduler.get_last_lr()[0],
+                      epoch_time=round(time.perf_counter() - self.epoch_totals.began, 3))
+        self.epoch_totals = Totals()
+        if self.plan.validate is not None:
+            began = time.perf_counter()
+            metrics = self.plan.validate(self.model)
+            fields.update({f"val_{name}": value for name, value in metrics.items()},
+                          val_time=round(time.perf_counter() - began, 3))
+            if self.best is None or metrics["top1"] > self.best["top1"]:
+                self.best = {"top1": metrics["top1"], "epoch": self.epoch}
+                self._save(BEST)
+            fields.update(best_top1=self.best["top1"], best_epoch=self.best["epoch"])
+        fields.update(peak_memory_mb=peak_memory_mb(self.device), backend=kernels(self.device)["backend"])
+        self.log.record("epoch", epoch=self.epoch, step=self.step, **fields)
+        self.log.text(f"epoch {self.epoch}/{self.train['epochs']} step {self.step} {format_fields(fields)}")
+        self._save(LATEST)
+        if self.train["save_every"] and self.epoch % self.train["save_every"] == 0:
+            self._save(epoch_checkpoint(self.epoch))
+        return fields
+
+    def _log_step(self, interval, bar):
+        fields = dict(interval.fields(), lr=self.scheduler.get_last_lr()[0], peak_memory_mb=peak_memory_mb(self.device))
+        self.log.record("step", epoch=self.epoch + 1, batch=self.batch, batches=self.steps_per_epoch, step=self.step,
+                        **fields)
+        if bar is not None:
+            bar.set_postfix(loss=f"{fields['loss']:.4g}", lr=f"{fields['lr']:.3g}")
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def _payload(self):
+        totals = self.epoch_totals
+        return dict(
+            format=checkpoint.FORMAT, kind=self.plan.kind, model=self.model.state_dict(), **self.plan.record,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), epoch=self.epoch, batch=self.batch, step=self.step, best=self.best,
+            # this epoch's sums so far, so that its log record covers the whole epoch after a resume
+            totals={"steps": totals.steps, "samples": totals.samples, "loss": float(totals.loss),
+                    "right": None if totals.right is None else int(totals.right)},
+            rng=checkpoint.rng_state(),
+            loader={"seed": self.plan.train_set.seed, "epoch": self.epoch,
+                    "position": self.batch * self.train["batch_size"]},
+            config=self.config, versions=versions())
+
+    def _save(self, name):
+        if distributed.is_main():
+            checkpoint.save(os.path.join(self.work_dir, name), self._payload())
+
+    def _resume(self):
+        resume = self.train["resume"]
+        path = os.path.join(self.work_dir, LATEST) if resume == AUTO else resume or None
+        if path is None or (resume == AUTO and not os.path.isfile(path)):
+            return None
+        state = checkpoint.load(path)
+        checkpoint.require_kind(state, self.plan.kind, path, "resume a run with the command that started it, or "
+                                "pass --no-resume to start over")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            raise checkpoint.CheckpointError(
+                f"{path} was written by a run of another model or optimiser ({' '.join(str(error).split())[:300]}): "
+                "resume with the configuration that wrote it, or pass --no-resume or another --work-dir") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step, self.best = state["epoch"], state["batch"], state["step"], state["best"]
+        totals = state["totals"]
+        self.epoch_totals = Totals(steps=totals["steps"], samples=totals["samples"], loss=totals["loss"],
+                                   right=totals["right"])
+        checkpoint.set_rng_state(state["rng"])
+        changed = _differences(state["config"], self.config)
+        if changed:
+            self.log.text(f"the configuration differs from {path}'s in {', '.join(changed)}: the run goes on with "
+                          "this one")
+        return path
+
+    def _write_records(self, resumed_from):
+        if not distributed.is_main():
+            return
+        write_config(self.work_dir, self.config)
+        source = self.config["data"]["source"]
+        append_json_line(os.path.join(self.work_dir, RUN_RECORD), {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "cwd": os.getcwd(),
+            "kind": self.plan.kind, "seed": self.train["seed"], "resumed_from": resumed_from,
+            "data": {"source": os.path.abspath(source), "sha256": sha256(source)},
+            "versions": versions(), "kernels": kernels(self.device), "threads": torch.get_num_threads(),
+            "world_size": distributed.world_size()})
+
+
+def _differences(before, after, prefix=""):
+    """The dotted keys whose values differ between two configurations."""
+    keys = []
+    for key in sorted(set(before) | set(after)):
+        first, second = before.get(key), after.get(key)
+        if isinstance(first, dict) and isinstance(second, dict):
+            keys += _differences(first, second, f"{prefix}{key}.")
+        elif first != second:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+class _CtrlC:
+    """While training: the first Ctrl-C asks the loop to stop after its step (``requested``); a
+    second one interrupts at once. Only in the main thread (where Python runs handlers)."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False

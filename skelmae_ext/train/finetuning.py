@@ -1,0 +1,112 @@
+"""SSL classifier fine-tuning and linear probing (DESIGN.md section 6): ``finetune(config)``.
+
+With ``train.pretrained`` (a pre-training checkpoint or its work directory), the layout and the
+encoder's widths default to the checkpoint's, and each STRL layer's encoder starts from its
+weights (``SSLClassifier.from_pretrained``). ``model.freeze_encoder`` is the linear probe.
+"""
+
+import torch.nn.functional as F
+
+from . import engine, inputs, metrics
+from .checkpoint import CheckpointError, construct, load, require_kind
+from .config import AUTO
+from .evaluate import predict
+from .workdir import find_checkpoint
+
+# The encoder's shape: a pre-trained encoder fits only a model built with its values.
+ENCODER_ARGS = ("embed_dim", "num_layers", "learn_eps")
+
+
+def plan(config):
+    """The resolved configuration, model, datasets and validation of a fine-tuning run (nothing
+    is written: ``--print-config`` stops here)."""
+    config, device = engine.start("finetune", config)
+    data_config, train = config["data"], config["train"]
+    source = data_config["source"]
+    splits = [data_config["train_split"], data_config["val_split"]]
+    data = inputs.read(source, splits)
+    pretrained = _pretrained(train["pretrained"])
+    layout_option = data_config["layout"]
+    if pretrained is not None:
+        layout = _pretrained_layout(pretrained, layout_option, data, source)
+    else:
+        layout = inputs.resolve_layout(layout_option, data, source)
+    data_config["layout"] = inputs.layout_name(layout, layout_option)
+    num_person = data_config["num_person"] = inputs.resolve_num_person(data_config["num_person"], data, splits)
+    train_set = inputs.dataset(data, data_config, data_config["train_split"], layout, num_person, mode="train",
+                               seed=train["seed"], label_fraction=data_config["label_fraction"])
+    val_set = inputs.dataset(data, data_config, data_config["val_split"], layout, num_person, mode="test",
+                             num_clips=data_config["val_clips"])
+    config["model"] = _model_args(config["model"], pretrained, train_set.in_channels)
+    args = dict(config["model"], num_classes=train_set.num_classes, in_channels=train_set.in_channels,
+                num_frames=data_config["clip_len"], num_persons=num_person)
+    model = construct("SSLClassifier", layout, args)
+    if pretrained is not None:
+        model.from_pretrained(pretrained[1])
+    record = {"model_class": "SSLClassifier", "model_args": args, "layout": layout.to_dict(),
+              "class_names": train_set.class_names}
+    smoothing = config["optim"]["label_smoothing"]
+
+    def loss(forward, x, y):
+        logits = forward(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=smoothing), (logits.argmax(1) == y).sum()
+
+    val_loader = inputs.loader(val_set, train["batch_size"], data_config["workers"], device, train=False)
+
+    def validate(model):
+        model.eval()
+        scores, labels = predict(lambda x: model(x).softmax(1), val_loader, device, data_config["val_clips"])
+        model.train()
+        result = metrics.accuracy(scores, labels)
+        result.pop("num_samples")
+        return result
+
+    return engine.Plan("finetune", config, device, model, record, train_set, loss, validate)
+
+
+def finetune(config):
+    """Fine-tunes the SSL classifier on ``config`` (a nested dict of options over
+    ``config.DEFAULTS["finetune"]``: at least data.source, data.train_split, data.val_split and
+    train.work_dir), validating each epoch and keeping best.pth; resumes from the work
+    directory's latest.pth. Returns the last epoch's log fields (val_top1, best_top1, ...)."""
+    return engine.fit(plan(config))
+
+
+def _pretrained(option):
+    """(path, checkpoint) of --pretrained, which must be a pre-training checkpoint, or None."""
+    if option is None:
+        return None
+    path = find_checkpoint(option, "--pretrained")
+    state = load(path)
+    require_kind(state, "pretrain", path, "--pretrained takes the work directory or a .pth of skelmae pretrain "
+                 "(to go on with a fine-tuning run, use its --work-dir or --resume)")
+    return path, state
+
+
+def _pretrained_layout(pretrained, option, data, source):
+    path, state = pretrained
+    fix = f"{path} was pre-trained on layout {state['layout']['name']!r}: fine-tune on data of that skeleton"
+    layout = inputs.resolve_layout(state["layout"] if option == AUTO else option, data, source, fix=fix)
+    if layout.to_dict() != state["layout"]:
+        raise CheckpointError(f"--layout {layout.name!r} is not the layout {state['layout']['name']!r} that {path} "
+                              "was pre-trained on: drop --layout or pass that one")
+    return layout
+
+
+def _model_args(model_config, pretrained, in_channels):
+    """The model section's arguments with the encoder's "auto" widths taken from the
+    pre-trained checkpoint (dropped without one: the model's defaults), checked against it."""
+    args = dict(model_config)
+    source = pretrained[1]["model_args"] if pretrained else {}
+    for name in ENCODER_ARGS:
+        if args.get(name, AUTO) == AUTO:
+            args.pop(name, None)
+            if name in source:
+                args[name] = source[name]
+        elif pretrained and args[name] != source.get(name, args[name]):
+            raise CheckpointError(f"model.{name} is {args[name]!r} but {pretrained[0]} was pre-trained with "
+                                  f"{source[name]!r}: drop the option (it follows the checkpoint) or pre-train anew")
+    if pretrained and source["in_channels"] != in_channels:
+        raise CheckpointError(f"{pretrained[0]} was pre-trained on {source['in_channels']} input channels, and this "
+                              f"run's features give {in_channels}: use the pre-training's --feats and data")
+    return args

@@ -1,0 +1,83 @@
+"""A run's data: the source read once, its splits checked, the layout and persons its "auto"
+options stand for, and the datasets and loaders its ``data`` configuration section describes
+(the data layer does the work)."""
+
+from ..data import DataError, SkeletonDataset, default_pipeline, layout_for_joints, load_annotations, make_loader
+from ..layouts import BUILTIN_LAYOUTS, get_layout
+from .config import AUTO, MAX_PERSONS, ConfigError
+
+
+def read(source, splits):
+    """The annotations of ``source``, with each of ``splits`` (names) in it."""
+    data = load_annotations(source)
+    for split in splits:
+        if split not in data["split"]:
+            raise DataError(f"{source}: unknown split {split!r}; the file has {sorted(data['split'])}")
+    return data
+
+
+def dataset(data, data_config, split, layout, num_person, *, mode, num_clips=1, seed=0, label_fraction=1.0):
+    """``split`` of ``data`` through the default pipeline of ``mode`` with the configuration's
+    clip length, features, score channel and (training) augmentation."""
+    dims = _dims(data, split, data_config["source"])
+    augmentation = data_config.get("augmentation", {})
+    pipeline = default_pipeline(mode, data_config["clip_len"], num_clips, tuple(data_config["feats"]), dims=dims,
+                                num_person=num_person, augment=data_config.get("augment", False),
+                                with_score=data_config["with_score"], **augmentation)
+    return SkeletonDataset(data, split, pipeline, layout=layout, label_fraction=label_fraction, seed=seed, mode=mode,
+                           name=data_config["source"])
+
+
+def loader(dataset, batch_size, workers, device, *, train):
+    """Training: shuffled by (seed, epoch), the last partial batch dropped. Else in file order."""
+    return make_loader(dataset, batch_size, shuffle=train, workers=workers, drop_last=train, device=device)
+
+
+def _dims(data, split, where):
+    first = data["split"][split][0] if data["split"][split] else None
+    for annotation in data["annotations"]:
+        if annotation["frame_dir"] == first:
+            keypoint = annotation.get("keypoint")
+            if getattr(keypoint, "ndim", 0) == 4 and keypoint.shape[-1] in (2, 3):
+                return keypoint.shape[-1]
+    raise DataError(f"{where}: the first sample of split {split!r} has no keypoint [M, T, V, C] with C = 2 (x, y) "
+                    "or 3 (x, y, z): check the file with skelmae describe")
+
+
+def resolve_layout(layout, data, where, key="data.layout",
+                   fix="pass the layout the data was made with (--layout NAME|FILE.json)"):
+    """The Layout of ``layout`` (a name, JSON path or dict; "auto": implied by the data's joint
+    count), checked against the data's joints; ``fix`` ends the message of a misfit."""
+    joints = _joints(data)
+    if layout == AUTO:
+        return layout_for_joints(joints, where)
+    try:
+        resolved = get_layout(layout)
+    except ValueError as error:
+        raise ConfigError(key, str(error)) from None
+    if resolved.num_joints != joints:
+        raise DataError(f"{where}: the keypoints have {joints} joints but layout {resolved.name!r} has "
+                        f"{resolved.num_joints}: {fix}")
+    return resolved
+
+
+def layout_name(layout, option):
+    """What config.yaml records of the layout: a built-in's name for "auto", else the option."""
+    return layout.name if option == AUTO and BUILTIN_LAYOUTS.get(layout.name) == layout else option
+
+
+def resolve_num_person(num_person, data, splits):
+    """The persons per sample; "auto": the most any sample of ``splits`` has, at most 2."""
+    if num_person != AUTO:
+        return num_person
+    wanted = {name for split in splits for name in data["split"][split]}
+    most = max((a["keypoint"].shape[0] for a in data["annotations"] if a["frame_dir"] in wanted), default=1)
+    return max(1, min(MAX_PERSONS, int(most)))
+
+
+def _joints(data):
+    for annotation in data["annotations"]:
+        keypoint = annotation.get("keypoint")
+        if getattr(keypoint, "ndim", 0) == 4:
+            return keypoint.shape[2]
+    raise DataError("the data holds no keypoint array [M, T, V, C]")

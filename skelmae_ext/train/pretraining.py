@@ -1,0 +1,35 @@
+"""SkeletonMAE pre-training (DESIGN.md section 5): ``pretrain(config)``."""
+
+from . import engine, inputs
+from .checkpoint import construct
+
+
+def plan(config):
+    """The resolved configuration, model and training set of a pre-training run (nothing is
+    written: ``--print-config`` stops here)."""
+    config, device = engine.start("pretrain", config)
+    data_config = config["data"]
+    source, split = data_config["source"], data_config["split"]
+    data = inputs.read(source, [split])
+    layout = inputs.resolve_layout(data_config["layout"], data, source)
+    data_config["layout"] = inputs.layout_name(layout, data_config["layout"])
+    data_config["num_person"] = inputs.resolve_num_person(data_config["num_person"], data, [split])
+    train_set = inputs.dataset(data, data_config, split, layout, data_config["num_person"], mode="train",
+                               seed=config["train"]["seed"])
+    args = dict(config["model"], in_channels=train_set.in_channels)
+    model = construct("SkeletonMAE", layout, args)
+    record = {"model_class": "SkeletonMAE", "model_args": args, "layout": layout.to_dict(),
+              "class_names": train_set.class_names}
+    return engine.Plan("pretrain", config, device, model, record, train_set, _loss)
+
+
+def _loss(forward, x, y):
+    return forward(x).loss, None
+
+
+def pretrain(config):
+    """Pre-trains SkeletonMAE on ``config`` (a nested dict of options over
+    ``config.DEFAULTS["pretrain"]``: at least data.source, data.split and train.work_dir);
+    resumes from the work directory's latest.pth. Returns the last epoch's log fields, the
+    step and the checkpoint's path."""
+    return engine.fit(plan(config))

@@ -1,0 +1,140 @@
+"""Errors a user can act on: each exits with status 2 and one line naming the problem and the
+fix, without a traceback (``--debug`` shows it). Run in this process through ``cli.main``; one
+case also as a subprocess."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from skelmae_ext import cli, train
+
+from runs import STICK, TINY, skelmae, write_stick
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()  # runs set this process's thread count
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A pre-training and a fine-tuning work directory of tiny models on the stick data."""
+    folder = tmp_path_factory.mktemp("errors")
+    data, layout = write_stick(folder)
+    threads = torch.get_num_threads()
+    common = {"layout": layout, "clip_len": 8}
+    small = {"epochs": 1, "batch_size": 4, "threads": 1}
+    train.pretrain({"data": dict(common, source=data, split="train"), "model": {"embed_dim": 8},
+                    "train": dict(small, work_dir=str(folder / "mae"))})
+    train.finetune({"data": dict(common, source=data, train_split="train", val_split="val"),
+                    "train": dict(small, work_dir=str(folder / "ssl"), pretrained=str(folder / "mae"))})
+    torch.set_num_threads(threads)
+    return {"folder": folder, "data": data, "layout": layout, "mae": folder / "mae", "ssl": folder / "ssl"}
+
+
+def fails(capsys, *argv):
+    """Runs the command line, expects exit status 2 and one line: returns it."""
+    assert cli.main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error, error
+    return error
+
+
+def pretrain_args(runs, *extra):
+    return ["pretrain", "--data", runs["data"], "--split", "train", "--layout", runs["layout"], "--work-dir",
+            runs["folder"] / "new", *TINY, *extra]
+
+
+def finetune_args(runs, *extra):
+    return ["finetune", "--data", runs["data"], "--train-split", "train", "--val-split", "val", "--work-dir",
+            runs["folder"] / "new", "--pretrained", runs["mae"], *TINY, *extra]
+
+
+def test_missing_data_file(capsys, runs):
+    error = fails(capsys, "pretrain", "--data", runs["folder"] / "nope.pkl", "--split", "train", "--work-dir",
+                  runs["folder"] / "new")
+    assert "nope.pkl: no such file or directory" in error
+
+
+def test_unknown_split(capsys, runs):
+    error = fails(capsys, *pretrain_args(runs)[:3], "--split", "xsub_train", *pretrain_args(runs)[5:])
+    assert "unknown split 'xsub_train'; the file has ['train', 'val']" in error
+
+
+def test_layout_that_does_not_fit_the_data(capsys, runs):
+    args = pretrain_args(runs)
+    args[args.index("--layout") + 1] = "coco"
+    assert "the keypoints have 13 joints but layout 'coco' has 17: pass the layout the data was made with" in fails(
+        capsys, *args)
+    args.remove("--layout"), args.remove("coco")
+    assert "no layout is implied by 13 joints" in fails(capsys, *args)
+    assert "--layout (data.layout): unknown layout 'missing.json'" in fails(capsys, *args, "--layout", "missing.json")
+
+
+def test_fine_tuning_checkpoint_as_pretrained(capsys, runs):
+    args = finetune_args(runs)
+    args[args.index("--pretrained") + 1] = runs["ssl"]
+    error = fails(capsys, *args)
+    assert "best.pth is a finetune checkpoint, but a pretrain checkpoint is needed: --pretrained takes" in error
+
+
+def test_pretraining_checkpoint_to_test(capsys, runs):
+    error = fails(capsys, "test", "--data", runs["data"], "--split", "val", "--checkpoint", runs["mae"])
+    assert "latest.pth is a pretrain checkpoint, but a finetune checkpoint is needed" in error
+    assert "skelmae extract and skelmae knn" in error
+
+
+def test_checkpoint_of_another_width_channels_or_layout(capsys, runs):
+    assert "model.embed_dim is 16 but" in fails(capsys, *finetune_args(runs, "--embed-dim", 16))
+    assert "was pre-trained on 2 input channels, and this run's features give 4" in fails(
+        capsys, *finetune_args(runs, "--feats", "j", "b"))
+    other = dict(STICK, edges=[[0, 1], [2, 1], [3, 2], [4, 3], [5, 1], [6, 5], [7, 6], [8, 1], [9, 8], [10, 9],
+                                [11, 8], [12, 8]])
+    path = runs["folder"] / "other.json"
+    path.write_text(json.dumps(other))
+    assert "is not the layout 'stick13' that" in fails(capsys, *finetune_args(runs, "--layout", path))
+    # resuming a work directory with a model of another width
+    args = pretrain_args(runs, "--embed-dim", 16)
+    args[args.index("--work-dir") + 1] = runs["mae"]
+    assert "was written by a run of another model or optimiser" in fails(capsys, *args)
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.1])
+def test_label_fraction_outside_zero_one(capsys, runs, fraction):
+    error = fails(capsys, *finetune_args(runs, "--label-fraction", fraction))
+    assert f"--label-fraction (data.label_fraction): must be in (0, 1], got {float(fraction)}" in error
+
+
+def test_missing_or_foreign_checkpoint(capsys, runs):
+    test = ["test", "--data", runs["data"], "--split", "val", "--checkpoint"]
+    assert "nope.pth: no such file or directory" in fails(capsys, *test, runs["folder"] / "nope.pth")
+    assert "holds no best.pth or latest.pth" in fails(capsys, *test, runs["folder"])
+    assert "not a readable checkpoint" in fails(capsys, *test, runs["data"])
+
+
+def test_bad_options(capsys, runs):
+    assert "--amp (train.amp): --amp (bfloat16 / float16 autocast) needs a CUDA GPU" in fails(
+        capsys, *pretrain_args(runs, "--amp", "--device", "cpu"))
+    assert "--split (data.split): is required" in fails(capsys, *pretrain_args(runs)[:3], *pretrain_args(runs)[5:])
+    assert "--epochs (train.epochs): must be an integer >= 1, got 0" in fails(capsys, *pretrain_args(runs, "--epochs", 0))
+    config = runs["folder"] / "typo.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epoch": 3}}))
+    assert "train.epoch: unknown option; did you mean train.epochs?" in fails(capsys, *pretrain_args(runs, "--config",
+                                                                                                     config))
+    assert "missing.yaml: no such file" in fails(capsys, *pretrain_args(runs, "--config", "missing.yaml"))
+    assert "--set: expected KEY=VALUE" in fails(capsys, *pretrain_args(runs, "--set", "model.beta"))
+    assert "model: SkeletonMAE(" in fails(capsys, *pretrain_args(runs, "--set", "model.bogus=1"))
+
+
+def test_exit_status_and_debug_traceback(runs):
+    args = ["test", "--data", runs["data"], "--split", "val", "--checkpoint", runs["folder"] / "nope.pth"]
+    result = skelmae(*args, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"skelmae test: error: --checkpoint {runs['folder'] / 'nope.pth'}: no such file or directory: pass a "
+        "checkpoint (.pth) or a work directory"]
+    assert "Traceback" in skelmae(*args, "--debug", check=False).stderr

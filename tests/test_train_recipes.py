@@ -1,0 +1,93 @@
+"""The recipes' parts: the learning-rate schedule and its linear scaling with the batch, the
+linear probe (a frozen pre-trained encoder), the class-balanced label fraction, and the
+configuration's merge and checks, through the Python API."""
+
+import math
+
+import pytest
+import torch
+
+from skelmae_ext import train
+from skelmae_ext.train import ConfigError, config, engine
+
+from runs import load, write_stick
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()  # runs set this process's thread count
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_schedule_warms_up_then_follows_a_cosine():
+    optim = {"warmup_epochs": 1, "schedule": "cosine"}
+    factor = engine.schedule(optim, steps_per_epoch=4, epochs=3)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    for step in range(4, 12):
+        assert factor(step) == pytest.approx(0.5 * (1 + math.cos(math.pi * (step - 4) / 8)))
+    constant = engine.schedule({"warmup_epochs": 0.5, "schedule": "constant"}, 4, 3)
+    assert [constant(s) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_learning_rate_scales_with_the_batch():
+    assert config.resolve_lr(config.DEFAULTS["finetune"]["optim"], 16) == pytest.approx(0.0125)  # PYSKL 0.1 at 128
+    assert config.resolve_lr(config.DEFAULTS["pretrain"]["optim"], 64) == pytest.approx(6e-4)
+    assert config.resolve_lr(dict(config.DEFAULTS["pretrain"]["optim"], lr=0.01), 64) == 0.01
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipes")
+    data, layout = write_stick(folder)
+    train.pretrain({"data": {"source": data, "split": "train", "layout": layout, "clip_len": 8},
+                    "model": {"embed_dim": 8}, "train": {"work_dir": folder / "mae", "epochs": 1, "batch_size": 4,
+                                                         "threads": 1}})
+    return folder, data
+
+
+def finetune(folder, data, name, **options):
+    model = options.pop("model", {})
+    return train.finetune({"data": dict({"source": data, "train_split": "train", "val_split": "val", "clip_len": 8},
+                                        **options),
+                           "model": model, "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2,
+                                                     "threads": 1, "pretrained": folder / "mae"}})
+
+
+def test_linear_probe_keeps_the_pretrained_encoder(pretrained):
+    folder, data = pretrained
+    finetune(folder, data, "probe", model={"freeze_encoder": True})
+    encoder, state = load(folder / "mae" / "latest.pth")["model"], load(folder / "probe" / "latest.pth")
+    probe = state["model"]
+    assert state["model_args"]["freeze_encoder"] and state["model_args"]["embed_dim"] == 8
+    for layer in range(3):
+        for key, value in encoder.items():
+            if key.startswith("encoder.gin."):
+                # weights and BatchNorm statistics alike: frozen and in eval mode
+                assert torch.equal(probe[f"strl.layers.{layer}.encoder." + key[len("encoder.gin."):]], value), key
+    assert torch.equal(probe["strl.embedding.weight"], encoder["encoder.embedding.weight"])
+
+
+def test_label_fraction_trains_on_a_class_balanced_subset(pretrained):
+    folder, data = pretrained
+    result = finetune(folder, data, "tenth", label_fraction=0.5)
+    assert result["step"] == 2 * 3  # 2 of each class's 4 samples: 6, 3 batches of 2 per epoch
+    assert finetune(folder, data, "all")["step"] == 2 * 6
+
+
+def test_api_takes_paths_and_partial_configurations(pretrained, tmp_path):
+    folder, data = pretrained
+    resolved = train.pretraining.plan({"data": {"source": data, "split": "val", "layout": folder / "stick13.json"},
+                                       "train": {"work_dir": tmp_path / "w", "batch_size": 64}}).config
+    assert resolved["data"]["num_person"] == 1 and resolved["optim"]["lr"] == pytest.approx(6e-4)
+    assert resolved["data"]["layout"] == str(folder / "stick13.json") and resolved["train"]["epochs"] == 50
+    pretraining = {"data": {"source": data, "split": "val"}, "train": {"work_dir": tmp_path}}
+    with pytest.raises(ConfigError, match="data.clip_len: must be an integer >= 1, got 'long'"):
+        config.build("pretrain", pretraining, {"data": {"clip_len": "long"}})
+    with pytest.raises(ConfigError, match="data.source: is required"):
+        config.build("pretrain", {"data": {"split": "val"}})
+    with pytest.raises(ConfigError, match="optim.schedul: unknown option; did you mean optim.schedule?"):
+        config.build("finetune", {"optim": {"schedul": "cosine"}})
+    finetuning = {"data": {"source": data, "train_split": "train", "val_split": "val"}, "train": {"work_dir": tmp_path}}
+    merged = config.build("finetune", finetuning, {"model": {"pooling": "mean"}, "optim": {"args": {"dampening": 0.1}}})
+    assert merged["model"]["pooling"] == "mean" and merged["optim"]["args"]["momentum"] == 0.9  # handed on as given
