@@ -171,20 +171,24 @@ class SSLClassifier(nn.Module):
     ``freeze_encoder=True`` is the linear-probe protocol: the embedding and every encoder copy
     keep their pre-trained weights and stay in eval mode. ``pooling="mean"`` and
     ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
-    joint_embedding=False`` is the paper's model as written. ``backend`` is ignored here (plain
+    joint_embedding=False`` is the paper's model as written. ``dropout`` drops pooled features
+    before the head in training. ``backend`` is ignored here (plain
     PyTorch); it is kept so both twins take the same arguments.
     """
 
     def __init__(self, num_classes, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
                  num_frames=64, num_persons=2, freeze_encoder=False, backend="auto",
-                 num_strl_layers=3, learn_eps=False, pooling="mean", joint_embedding=True):
+                 num_strl_layers=3, learn_eps=False, pooling="mean", joint_embedding=True, dropout=0.0):
         super().__init__()
         check_positive_ints(num_classes=num_classes, num_persons=num_persons)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.layout = get_layout(layout)
         self.in_channels, self.num_frames, self.num_persons = in_channels, num_frames, num_persons
         self.freeze_encoder = freeze_encoder
         self.strl = self.strl_class(self.layout, in_channels, embed_dim, num_layers, num_frames,
                                     num_strl_layers, learn_eps, backend, pooling, joint_embedding)
+        self.dropout = nn.Dropout(dropout)  # on the pooled features, before the head
         self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes))
         if freeze_encoder:
             for module in self.encoder_modules():
@@ -215,7 +219,7 @@ class SSLClassifier(nn.Module):
 
     def forward(self, x):
         """[N, M, T, V, C] -> logits [N, num_classes]."""
-        return self.head(self.features(x))
+        return self.head(self.dropout(self.features(x)))
 
     @torch.no_grad()
     def from_pretrained(self, source):
