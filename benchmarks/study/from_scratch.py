@@ -3,6 +3,7 @@ prints validation top-1 per epoch, beside the logistic-regression floor (floor.p
 
     python benchmarks/study/from_scratch.py DATA.pkl TRAIN_SPLIT VAL_SPLIT [--clip-len 32]
         [--epochs 30] [--seeds 0 1 2] [--work-dir runs/from_scratch] [--threads 1]
+        [--set model.pooling=sum ...]
 
 Each seed is one ``skelmae finetune`` run (skelmae_ext.train.finetune) in its own work
 directory; the script then checks what issue 14 asks of the recipe: no NaN, the best top-1
@@ -17,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from floor import logistic_regression_floor  # noqa: E402
+from study import merge, parse_settings  # noqa: E402
 
 from skelmae_ext import train  # noqa: E402
 
@@ -39,6 +41,8 @@ def main(argv=None):
     parser.add_argument("--layout", default="auto")
     parser.add_argument("--threads", default="auto")
     parser.add_argument("--work-dir", default="runs/from_scratch")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="change one option of the recipe (VALUE in YAML), e.g. model.pooling=sum")
     args = parser.parse_args(argv)
     threads = args.threads if args.threads == "auto" else int(args.threads)
     floor = logistic_regression_floor(args.data, args.train_split, args.val_split, args.label_fraction,
@@ -47,11 +51,11 @@ def main(argv=None):
     summary = []
     for seed in args.seeds:
         work_dir = os.path.join(args.work_dir, f"seed{seed}")
-        train.finetune({"data": {"source": args.data, "train_split": args.train_split, "val_split": args.val_split,
-                                 "clip_len": args.clip_len, "label_fraction": args.label_fraction,
-                                 "layout": args.layout},
-                        "train": {"work_dir": work_dir, "epochs": args.epochs, "seed": seed, "threads": threads,
-                                  "save_every": 0}})
+        config = {"data": {"source": args.data, "train_split": args.train_split, "val_split": args.val_split,
+                           "clip_len": args.clip_len, "label_fraction": args.label_fraction, "layout": args.layout},
+                  "train": {"work_dir": work_dir, "epochs": args.epochs, "seed": seed, "threads": threads,
+                            "save_every": 0}}
+        train.finetune(merge(config, parse_settings(args.set)))
         top1 = [100 * r["val_top1"] for r in epochs_of(work_dir)]
         losses = [r["loss"] for r in epochs_of(work_dir)]
         last = top1[-10:]

@@ -51,7 +51,7 @@ DEFAULTS = {
         "optim": {"optimizer": "sgd", "lr": AUTO, "base_lr": 0.1, "base_batch_size": 128,
                   "args": {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, "schedule": "cosine",
                   "warmup_epochs": 5, "clip_grad_norm": None, "label_smoothing": 0.1},
-        "train": dict(_TRAIN, epochs=110, pretrained=None),
+        "train": dict(_TRAIN, epochs=110, pretrained=None, val_every=1),
     },
     # PYSKL's test protocol: 10 clips, softmax probabilities averaged.
     "test": {"data": None, "split": None, "checkpoint": None, "num_clips": 10, "out": None, "batch_size": 16,
@@ -189,7 +189,7 @@ CHECKS = {
     "train.amp": _boolean, "train.amp_dtype": _choice(*AMP_DTYPES), "train.compile": _boolean,
     "train.save_every": _count, "train.save_every_steps": _count, "train.log_every_steps": _positive_int,
     "train.resume": lambda value: value if value in (AUTO, False) else _text(value),
-    "train.pretrained": _optional(_text),
+    "train.pretrained": _optional(_text), "train.val_every": _count,
     # the evaluation commands
     "data": _text, "split": _text, "checkpoint": _text, "num_clips": _positive_int, "out": _optional(_text),
     "batch_size": _positive_int, "device": _device, "workers": _auto_or(_count),
