@@ -13,11 +13,12 @@ import sys
 import traceback
 
 import yaml
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from skelmae_reference.models import MASK_STRATEGIES, TARGETS
 
 from .data import DataError, describe, format_description
-from .train import CheckpointError, ConfigError, ensemble, evaluate, extract, finetune, info, knn, pretrain
+from .train import CheckpointError, ConfigError, distributed, ensemble, evaluate, extract, finetune, info, knn, pretrain
 from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
@@ -56,6 +57,10 @@ _RUN = [
     ("--resume", "train.resume", dict(metavar="CKPT", help="resume from this checkpoint (auto: the work dir's "
                                                            "latest.pth)")),
     ("--no-resume", "train.resume", dict(action="store_const", const=False, help="start over")),
+    ("--sync-bn", "train.sync_bn", dict(action="store_const", const=True, help="under torchrun: BatchNorm "
+                                                                                "statistics of the global batch")),
+    ("--dist-timeout", "train.dist_timeout", dict(type=float, metavar="S", help="under torchrun: seconds a "
+                                                                                "process waits for the others")),
 ]
 OPTIONS = {
     "pretrain": _RUN + [
@@ -84,6 +89,8 @@ OPTIONS = {
                                                          "checkpoint)")),
         ("--batch-size", "batch_size", dict(type=int)), ("--device", "device", dict(metavar="DEVICE")),
         ("--workers", "workers", dict(type=_auto_int)),
+        ("--dist-timeout", "dist_timeout", dict(type=float, metavar="S", help="under torchrun: seconds a process "
+                                                                              "waits for the others")),
     ],
     "knn": [
         ("--train", "train", dict(metavar="FEATS.npz")), ("--test", "test", dict(metavar="FEATS.npz")),
@@ -182,11 +189,17 @@ def _flag(command, key):
 
 
 def main(argv=None):
+    # under torchrun, torch's @record hands an unexpected error's traceback to torchrun's summary
+    return (record(_main) if distributed.launched() else _main)(argv)
+
+
+def _main(argv):
     args = build_parser().parse_args(argv)
+    who = f"skelmae {args.command}" + (f" (rank {distributed.rank()})" if distributed.launched() else "")
     try:
         result = run(args)
     except KeyboardInterrupt as interrupt:
-        print(f"skelmae {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        print(f"{who}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
     except (ConfigError, DataError, CheckpointError) as error:
         if args.debug:
@@ -194,9 +207,10 @@ def main(argv=None):
         message = str(error)
         if isinstance(error, ConfigError) and _flag(args.command, error.key):
             message = f"{_flag(args.command, error.key)} ({error.key}): {error.message}"
-        print(f"skelmae {args.command}: error: {message}", file=sys.stderr)
+        print(f"{who}: error: {message}", file=sys.stderr)
         return 2
-    if result is not None:
+    distributed.stop()
+    if result is not None and distributed.is_main():
         if args.command == "describe" and not args.json:
             print(format_description(result))
         else:
