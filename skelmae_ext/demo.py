@@ -5,7 +5,7 @@ Bandai-Namco motions as COCO-17 2D keypoints, 10 classes) in a few minutes on a 
 2. fine-tune the SSL classifier on a small class-balanced share of the training labels, once
    from the pre-trained encoder and once from scratch, with the same budget and seed (so the
    same labelled sequences);
-3. test both on the validation split (softmax averaged over clips);
+3. test both on the validation split (softmax averaged over clips), each after its last epoch;
 4. extract the pre-trained encoder's features of the validation split;
 5. draw every figure of ``skelmae_ext.plot`` into ``WORK_DIR/figures``;
 
@@ -22,6 +22,7 @@ import time
 from . import plot
 from .data import BUNDLED, load_annotations, save_annotations
 from .train import evaluate, extract, finetune, pretrain
+from .train.workdir import LATEST
 
 WORK_DIR = "skelmae-demo"
 TRAIN_SPLIT, VAL_SPLIT = "xstyle_train", "xstyle_val"
@@ -112,7 +113,9 @@ def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, ec
                                              pretrained=start)))
 
     echo(f"[3/4] testing both on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences, {budget.test_clips} clips each)")
-    tests = {name: evaluate(source, VAL_SPLIT, runs[name], num_clips=budget.test_clips, batch_size=budget.batch_size)
+    # each run's last epoch (latest.pth), not its best.pth: that epoch was chosen on this split
+    tests = {name: evaluate(source, VAL_SPLIT, os.path.join(runs[name], LATEST), num_clips=budget.test_clips,
+                            batch_size=budget.batch_size)
              for name in ("finetune_pretrained", "finetune_scratch")}
     features = os.path.join(runs["pretrain"], f"features_{VAL_SPLIT}.npz")
     extract(source, VAL_SPLIT, runs["pretrain"], features, batch_size=budget.batch_size)
@@ -145,8 +148,8 @@ def _report(echo, pretrained, tests, budget, counts, figures_dir, figures, secon
     with_pretraining, scratch = tests["finetune_pretrained"], tests["finetune_scratch"]
     difference = 100 * (with_pretraining["top1"] - scratch["top1"])
     echo("")
-    echo(f"Test on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences), after fine-tuning on {budget.label_fraction:.0%} of "
-         f"the labels for {budget.finetune_epochs} epochs:")
+    echo(f"Test on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences, {budget.test_clips} clips each) after the last of "
+         f"{budget.finetune_epochs} epochs of fine-tuning on {budget.label_fraction:.0%} of the {TRAIN_SPLIT} labels:")
     for name, result in (("from SkeletonMAE pre-training", with_pretraining), ("from scratch", scratch)):
         echo(f"  {name:<31} top-1 {100 * result['top1']:5.1f}%   mean class accuracy "
              f"{100 * result['mean_class_accuracy']:5.1f}%")

@@ -1,5 +1,5 @@
-"""Figures of a work directory (``skelmae plot``), each a PNG of a fixed size (``SIZES``) that
-reads on its own:
+"""Figures of a work directory (``skelmae plot``), each a PNG of a fixed size (``SIZES`` at
+``DPI``) that reads on its own (each function returns the matplotlib Figure when ``out`` is None):
 
 - ``curves``: loss, learning rate and top-1 (training and validation) per epoch, from log.jsonl;
 - ``confusion``: the confusion matrix of the last ``skelmae test`` (test.jsonl's last line),
@@ -58,7 +58,10 @@ def _figure(kind):
     return Figure(figsize=SIZES[kind], dpi=DPI, layout="constrained")
 
 
-def _save(figure, out):
+def _finish(figure, out):
+    """The figure written to ``out`` (its absolute path), or the figure itself when ``out`` is None."""
+    if out is None:
+        return figure
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     figure.savefig(out, dpi=DPI, facecolor="white")
@@ -96,7 +99,7 @@ def read_epochs(work_dir):
     return [epochs[epoch] for epoch in sorted(epochs)]
 
 
-def curves(work_dirs, out, labels=None, title=None):
+def curves(work_dirs, out=None, labels=None, title=None):
     """Loss, learning rate and top-1 per epoch of one run or several (a work directory or a
     list; ``labels`` name them in the legend); pre-training runs have no accuracy panel."""
     work_dirs = [work_dirs] if isinstance(work_dirs, (str, os.PathLike)) else list(work_dirs)
@@ -130,7 +133,7 @@ def curves(work_dirs, out, labels=None, title=None):
         axes[0].legend(fontsize="small")
     kind = "fine-tuning" if accuracy else "pre-training, without labels: no accuracy"
     figure.suptitle(title or f"Training curves: {', '.join(labels)} ({kind})", fontsize="x-large")
-    return _save(figure, out)
+    return _finish(figure, out)
 
 
 # --- confusion matrix ---------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def confusion_matrix(labels, predictions, num_classes):
     return counts
 
 
-def confusion(work_dir, out, title=None):
+def confusion(work_dir, out=None, title=None):
     """The confusion matrix of the work directory's last test, each row normalised by its true
     class's count (the colour), with the counts written on the cells for up to
     MAX_COUNTED_CLASSES classes."""
@@ -192,8 +195,9 @@ def confusion(work_dir, out, title=None):
     clips = f", {clips} clip{'s' if clips > 1 else ''} each" if clips else ""
     figure.suptitle(title or f"Confusion matrix of {_run_name(work_dir)} on {dump.get('split', 'the test split')}",
                     fontsize="x-large")
-    ax.set_title(f"{len(labels)} sequences{clips}; {summary}; counts on the cells", fontsize="medium")
-    return _save(figure, out)
+    tested = f"; {os.path.basename(dump['checkpoint'])}" if dump.get("checkpoint") else ""
+    ax.set_title(f"{len(labels)} sequences{clips}; {summary}{tested}; counts on the cells", fontsize="medium")
+    return _finish(figure, out)
 
 
 # --- reconstruction (the paper's Fig. 6) -------------------------------------------------------
@@ -237,7 +241,7 @@ def _draw(ax, points, edges, joints, colour, style="-", size=4, zorder=2):
     ax.plot(points[joints, 0], points[joints, 1], "o", color=colour, ms=size, ls="none", zorder=zorder + 1)
 
 
-def reconstruction(work_dir, out, data=None, split=None, sample=0, frames=4, title=None):
+def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4, title=None):
     """The paper's Fig. 6 for one sequence (``sample``: an index or frame_dir of ``split``, by
     default the pre-training's split of its data): ``frames`` frames of the original skeleton,
     the masked input (masked joints marked) and the reconstruction, all in the model's input
@@ -292,8 +296,8 @@ def reconstruction(work_dir, out, data=None, split=None, sample=0, frames=4, tit
         extents.append((drawn.min(0), drawn.max(0), np.concatenate(rebuilt_points)))
         axes[0, column].set_title(f"frame {t + 1} of {x.shape[1]}")
         axes[2, column].plot([0], [0], "+", color="k", ms=10, mew=1.5)
-        if cosines:
-            axes[2, column].set_title(f"mean cosine of the masked joints: {np.mean(cosines):.2f}", fontsize="small")
+        axes[2, column].set_title(f"mean cosine of the masked joints: {np.mean(cosines):.2f}" if cosines else "",
+                                  fontsize="small")
     for ax, row in zip(axes[:, 0], ("original", "masked input", "reconstruction")):
         ax.set_ylabel(f"{row}\n\ny" + (" (down)" if image_2d else ""), fontsize="medium")
     for ax in axes[-1]:
@@ -306,16 +310,17 @@ def reconstruction(work_dir, out, data=None, split=None, sample=0, frames=4, tit
         centre = (low + high) / 2
         outside = int((np.abs(guesses - centre) > half).any(1).sum())
         if outside:
-            axes[2, column].text(0.5, 0.02, f"{outside} of {len(guesses)} reconstructed joints out of view",
-                                 transform=axes[2, column].transAxes, ha="center", va="bottom", fontsize="small",
-                                 color="C1")
+            cosine = axes[2, column].get_title()
+            axes[2, column].set_title(f"{cosine}\n{outside} of {len(guesses)} reconstructed out of view",
+                                      fontsize="small")
         for ax in axes[:, column]:
             ax.set_xlim(centre[0] - half[0], centre[0] + half[0])
             ax.set_ylim(*(centre[1] + half[1], centre[1] - half[1]) if image_2d else
                         (centre[1] - half[1], centre[1] + half[1]))  # 2D: y down, as in the image
             ax.set_aspect(aspect)
             ax.grid(alpha=0.2)
-    parts = ", ".join(PART_NAMES[p] if p < len(PART_NAMES) else f"part {p}" for p in model.mask_parts) \
+    named = len(layout.parts) == len(PART_NAMES)  # the convention of six parts, in PART_NAMES' order
+    parts = ", ".join(PART_NAMES[p] if named else f"part {p}" for p in model.mask_parts) \
         if model.mask_strategy == "parts" else model.mask_strategy.replace("_", " ")
     label = dataset.labels[index]
     name = dataset.class_names[label] if dataset.class_names else f"class {label}"
@@ -327,7 +332,7 @@ def reconstruction(work_dir, out, data=None, split=None, sample=0, frames=4, tit
     _reconstruction_legend(figure, f"Each column one frame, its three panels in the same coordinates: the model's "
                            f"input, {coordinates}.\nThe cosine loss scores only each masked joint's direction from the "
                            "origin (+), not its distance from it: that distance is not trained.")
-    return _save(figure, out)
+    return _finish(figure, out)
 
 
 def _reconstruction_legend(figure, note):
@@ -355,7 +360,7 @@ def read_features(path):
         raise PlotError(f"{path}: not a features file of skelmae extract ({error})") from None
 
 
-def tsne(features, out, title=None):
+def tsne(features, out=None, title=None):
     """A 2-D t-SNE (scikit-learn; PCA start, seed 0) of an ``extract`` features file, one colour
     per class, with a legend of the class names."""
     values, labels, names, kind, split = read_features(features)
@@ -364,8 +369,13 @@ def tsne(features, out, title=None):
 
     if len(values) < 5:
         raise PlotError(f"{features}: {len(values)} sequences; a t-SNE needs at least 5")
-    embedded = TSNE(2, perplexity=min(30.0, (len(values) - 1) / 3), init="pca", random_state=0).fit_transform(
-        values.astype(np.float64))
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    # torch's thread count (the runs' --threads): OpenMP threads beyond free cores spin (60 points
+    # took 8 s with 2 threads on 2 busy cores, 0.2 s with 1)
+    with threadpool_limits(torch.get_num_threads()):
+        embedded = TSNE(2, perplexity=min(30.0, (len(values) - 1) / 3), init="pca", random_state=0).fit_transform(
+            values.astype(np.float64))
     classes = int(labels.max()) + 1
     names = names if len(names) >= classes else [f"class {i}" for i in range(classes)]
     ax = figure.subplots()
@@ -387,7 +397,7 @@ def tsne(features, out, title=None):
     figure.suptitle(title or f"t-SNE of {what}: {split}, {len(values)} sequences", fontsize="x-large")
     ax.set_title(f"{os.path.basename(features)}; each point a sequence, coloured by its true class",
                  fontsize="medium")
-    return _save(figure, out)
+    return _finish(figure, out)
 
 
 def features_files(work_dir):
