@@ -26,6 +26,7 @@ from .train.workdir import LATEST
 
 WORK_DIR = "skelmae-demo"
 TRAIN_SPLIT, VAL_SPLIT = "xstyle_train", "xstyle_val"
+FEATURES = f"features_{VAL_SPLIT}.npz"  # the pre-trained encoder's, in its work directory
 RECONSTRUCTED_CLASS = "wave-right-hand"  # the figure's sequence: its right arm, a masked part, moves
 
 
@@ -117,13 +118,22 @@ def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, ec
     tests = {name: evaluate(source, VAL_SPLIT, os.path.join(runs[name], LATEST), num_clips=budget.test_clips,
                             batch_size=budget.batch_size)
              for name in ("finetune_pretrained", "finetune_scratch")}
-    features = os.path.join(runs["pretrain"], f"features_{VAL_SPLIT}.npz")
-    extract(source, VAL_SPLIT, runs["pretrain"], features, batch_size=budget.batch_size)
+    extract(source, VAL_SPLIT, runs["pretrain"], os.path.join(runs["pretrain"], FEATURES), batch_size=budget.batch_size)
 
     echo("[4/4] drawing the figures")
     figures_dir = os.path.join(work_dir, "figures")
+    figures = draw(runs, figures_dir, budget, _reconstructed_sample(data))
+    seconds = time.perf_counter() - began
+    _report(echo, pretrained, tests, budget, counts, figures_dir, figures, seconds, quick)
+    return {"pretrain": pretrained, "pretrained": tests["finetune_pretrained"], "scratch": tests["finetune_scratch"],
+            "figures": figures, "seconds": seconds}
+
+
+def draw(runs, figures_dir, budget, sample):
+    """The demo's figures of its ``runs`` ({"pretrain", "finetune_pretrained",
+    "finetune_scratch": work directory}) in ``figures_dir``; ``sample`` the reconstructed sequence."""
     pretrained_label, scratch_label = "from SkeletonMAE pre-training", "from scratch"
-    figures = [
+    return [
         plot.curves(runs["pretrain"], os.path.join(figures_dir, "curves_pretrain.png"),
                     title=f"SkeletonMAE pre-training on {TRAIN_SPLIT} (no labels): reconstruction loss"),
         plot.curves([runs["finetune_pretrained"], runs["finetune_scratch"]],
@@ -135,13 +145,10 @@ def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, ec
         plot.confusion(runs["finetune_scratch"], os.path.join(figures_dir, "confusion_scratch.png"),
                        title=f"Confusion matrix on {VAL_SPLIT}, fine-tuned {scratch_label}"),
         plot.reconstruction(runs["pretrain"], os.path.join(figures_dir, "reconstruction.png"), split=VAL_SPLIT,
-                            sample=_reconstructed_sample(data)),
-        plot.tsne(features, os.path.join(figures_dir, "tsne_pretrained_encoder.png")),
+                            sample=sample),
+        plot.tsne(os.path.join(runs["pretrain"], FEATURES),
+                  os.path.join(figures_dir, "tsne_pretrained_encoder.png")),
     ]
-    seconds = time.perf_counter() - began
-    _report(echo, pretrained, tests, budget, counts, figures_dir, figures, seconds, quick)
-    return {"pretrain": pretrained, "pretrained": tests["finetune_pretrained"], "scratch": tests["finetune_scratch"],
-            "figures": figures, "seconds": seconds}
 
 
 def _report(echo, pretrained, tests, budget, counts, figures_dir, figures, seconds, quick):

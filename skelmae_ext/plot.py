@@ -124,7 +124,8 @@ def curves(work_dirs, out=None, labels=None, title=None):
     axes[1].set_ylim(bottom=0)
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     if accuracy:
-        axes[2].set(title="Top-1 accuracy (validation: 1 clip)", xlabel="epoch", ylabel="top-1 (%)", ylim=(0, 100))
+        axes[2].set(title="Top-1 accuracy (training batches, validation split)", xlabel="epoch", ylabel="top-1 (%)",
+                    ylim=(0, 100))
         axes[2].legend(fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -62,7 +62,9 @@ def test_printed_accuracies_are_the_tests(demo):
         with open(work_dir / run / "test.jsonl") as handle:
             test = json.loads(handle.read().splitlines()[-1])
         dump = read_pickle(test["scores"])
-        assert dump["num_clips"] == BUDGETS["quick"].test_clips and len(dump["label"]) == 10 * BUDGETS["quick"].per_class
+        budget = BUDGETS["quick"]
+        assert dump["num_clips"] == budget.test_clips and len(dump["label"]) == 10 * budget.per_class
+        assert os.path.basename(dump["checkpoint"]) == "latest.pth"  # the last epoch, not one chosen on this split
         top1[name] = 100 * np.mean(np.asarray(dump["scores"]).argmax(1) == np.asarray(dump["label"]))
         assert float(printed[name]) == pytest.approx(top1[name], abs=0.05)
     difference = float(re.search(r"difference\s+([-+][\d.]+) points of top-1", out).group(1))
