@@ -247,6 +247,8 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
     default the pre-training's split of its data): ``frames`` frames of the original skeleton,
     the masked input (masked joints marked) and the reconstruction, all in the model's input
     coordinates (the test pipeline's normalised coordinates; 2D: y points down, as in the image)."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise PlotError(f"--frames must be an integer >= 1, got {frames!r}")
     path, state = _pretrained(work_dir)
     data_config = dict(state["config"]["data"])
     source, split = data or data_config["source"], split or data_config["split"]

@@ -205,6 +205,8 @@ def test_reconstruction_errors(runs, tmp_path, capsys):
     assert "--sample 99: split 'val'" in capsys.readouterr().err
     assert cli.main(["plot", runs["mae"], "--kind", "reconstruction", "--sample", "no_such_sequence"]) == 2
     assert "no such sequence in split 'train'" in capsys.readouterr().err
+    assert cli.main(["plot", runs["mae"], "--kind", "reconstruction", "--frames", "0"]) == 2
+    assert "--frames must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_missing_matplotlib_names_the_install(runs, tmp_path, monkeypatch, capsys):
