@@ -3,6 +3,8 @@
 (exit status 2; ``--debug`` shows the traceback) and exit status 130 after Ctrl-C. Each command
 calls ``skelmae_ext.train`` (or the data layer's ``describe``) and prints its result.
 
+``plot`` and ``demo`` take their own few options (``skelmae_ext.plot``, ``skelmae_ext.demo``).
+
 Every option maps to one configuration key (``--epochs`` to ``train.epochs``); ``--set KEY=VALUE``
 sets any key, such as a model argument without an option of its own (``--set model.beta=3``).
 """
@@ -13,11 +15,13 @@ import sys
 import traceback
 
 import yaml
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from skelmae_reference.models import MASK_STRATEGIES, TARGETS
 
+from . import demo, plot
 from .data import DataError, describe, format_description
-from .train import CheckpointError, ConfigError, ensemble, evaluate, extract, finetune, info, knn, pretrain
+from .train import CheckpointError, ConfigError, distributed, ensemble, evaluate, extract, finetune, info, knn, pretrain
 from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
@@ -56,6 +60,10 @@ _RUN = [
     ("--resume", "train.resume", dict(metavar="CKPT", help="resume from this checkpoint (auto: the work dir's "
                                                            "latest.pth)")),
     ("--no-resume", "train.resume", dict(action="store_const", const=False, help="start over")),
+    ("--sync-bn", "train.sync_bn", dict(action="store_const", const=True, help="under torchrun: BatchNorm "
+                                                                                "statistics of the global batch")),
+    ("--dist-timeout", "train.dist_timeout", dict(type=float, metavar="S", help="under torchrun: seconds a "
+                                                                                "process waits for the others")),
 ]
 OPTIONS = {
     "pretrain": _RUN + [
@@ -86,6 +94,8 @@ OPTIONS = {
                                                          "checkpoint)")),
         ("--batch-size", "batch_size", dict(type=int)), ("--device", "device", dict(metavar="DEVICE")),
         ("--workers", "workers", dict(type=_auto_int)),
+        ("--dist-timeout", "dist_timeout", dict(type=float, metavar="S", help="under torchrun: seconds a process "
+                                                                              "waits for the others")),
     ],
     "knn": [
         ("--train", "train", dict(metavar="FEATS.npz")), ("--test", "test", dict(metavar="FEATS.npz")),
@@ -107,6 +117,8 @@ SUMMARIES = {
     "ensemble": "fuse score dumps (multi-stream)",
     "describe": "what a skeleton data file holds",
     "info": "versions, kernels, CPU and GPUs",
+    "plot": "figures of a work directory: training curves, confusion matrix, reconstruction, t-SNE",
+    "demo": "pre-train, fine-tune, compare with training from scratch and draw the figures, on the bundled data",
 }
 RUNS = {"pretrain": (pretrain, pretrain_plan), "finetune": (finetune, finetune_plan)}
 CALLS = {"test": evaluate, "extract": extract, "knn": knn, "ensemble": ensemble}
@@ -119,6 +131,33 @@ def _default(command, key):
     return node
 
 
+def _plot_arguments(sub):
+    sub.add_argument("work_dir", metavar="WORK_DIR", help="the work directory of a skelmae run")
+    sub.add_argument("--kind", choices=plot.KINDS + ("all",), default="all",
+                     help="the figure (all: every one the work directory has the inputs of) [default all]")
+    sub.add_argument("--out", metavar="DIR", help="where the PNGs go [default WORK_DIR]")
+    sub.add_argument("--data", metavar="SRC", help="reconstruction: the data [default the pre-training's]")
+    sub.add_argument("--split", help="reconstruction: the split [default the pre-training's]")
+    sub.add_argument("--sample", default="0", metavar="INDEX|FRAME_DIR",
+                     help="reconstruction: the sequence, by index in the split or name [default 0]")
+    sub.add_argument("--frames", type=int, default=4, metavar="K", help="reconstruction: frames shown [default 4]")
+
+
+def _demo_arguments(sub):
+    sub.add_argument("--work-dir", default=demo.WORK_DIR, metavar="DIR",
+                     help=f"where the runs and figures go; its runs start over [default {demo.WORK_DIR}]")
+    sub.add_argument("--quick", action="store_true", help="a tiny budget (under a minute: a smoke test, for CI)")
+    sub.add_argument("--threads", type=_auto_int, default="auto", metavar="N",
+                     help="torch's CPU threads (1 on a machine busy with other work) [default auto]")
+    sub.add_argument("--seed", type=int, default=0, metavar="N", help="[default 0]")
+
+
+OWN_ARGUMENTS = {"describe": lambda sub: (sub.add_argument("source", metavar="SRC"),
+                                          sub.add_argument("--json", action="store_true",
+                                                           help="print the summary as JSON")),
+                 "info": lambda sub: None, "plot": _plot_arguments, "demo": _demo_arguments}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="skelmae", description="SkeletonMAE pre-training, fine-tuning and "
                                      "evaluation (skelmae_ext)")
@@ -126,11 +165,8 @@ def build_parser():
     for command, summary in SUMMARIES.items():
         sub = commands.add_parser(command, help=summary, description=summary)
         sub.add_argument("--debug", action="store_true", help="show the traceback of an error")
-        if command == "describe":
-            sub.add_argument("source", metavar="SRC")
-            sub.add_argument("--json", action="store_true", help="print the summary as JSON")
-            continue
-        if command == "info":
+        if command in OWN_ARGUMENTS:
+            OWN_ARGUMENTS[command](sub)
             continue
         sub.add_argument("--config", metavar="FILE.yaml", help="options from a YAML file (the command line wins)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -166,6 +202,11 @@ def run(args):
         return info()
     if args.command == "describe":
         return describe(args.source)
+    if args.command == "plot":
+        return plot.plot(args.work_dir, args.kind, args.out, args.data, args.split, args.sample, args.frames)
+    if args.command == "demo":
+        demo.demo(args.work_dir, quick=args.quick, threads=args.threads, seed=args.seed)
+        return None
     config = build(args.command, *_updates(args.command, args))
     if args.command in RUNS:
         execute, plan = RUNS[args.command]
@@ -184,23 +225,34 @@ def _flag(command, key):
 
 
 def main(argv=None):
+    # under torchrun, torch's @record hands an unexpected error's traceback to torchrun's summary
+    return (record(_main) if distributed.launched() else _main)(argv)
+
+
+def _main(argv):
     args = build_parser().parse_args(argv)
+    who = f"skelmae {args.command}" + (f" (rank {distributed.rank()})" if distributed.launched() else "")
     try:
         result = run(args)
     except KeyboardInterrupt as interrupt:
-        print(f"skelmae {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        print(f"{who}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, CheckpointError) as error:
+    except (ConfigError, DataError, CheckpointError, plot.PlotError) as error:
         if args.debug:
             traceback.print_exc()
         message = str(error)
         if isinstance(error, ConfigError) and _flag(args.command, error.key):
             message = f"{_flag(args.command, error.key)} ({error.key}): {error.message}"
-        print(f"skelmae {args.command}: error: {message}", file=sys.stderr)
+        print(f"{who}: error: {message}", file=sys.stderr)
         return 2
-    if result is not None:
+    distributed.stop()
+    if result is not None and distributed.is_main():
         if args.command == "describe" and not args.json:
             print(format_description(result))
+        elif args.command == "plot":
+            for kind, why in result["skipped"].items():
+                print(f"skelmae plot: no {kind} figure: {why}", file=sys.stderr)
+            print("\n".join(result["figures"]))
         else:
             print(json.dumps(result, indent=2 if args.command == "info" else None))
     return 0

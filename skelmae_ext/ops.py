@@ -170,7 +170,7 @@ def _check_batch_norm_prelu_inputs(x, norm, activation):
     if x.dim() not in (2, 4):
         _fail(op, "x", "of shape [R, C] or [B, C, H, W] (2 or 4 dims)", f"shape {tuple(x.shape)}")
     norm_class = torch.nn.BatchNorm1d if x.dim() == 2 else torch.nn.BatchNorm2d
-    if not isinstance(norm, norm_class) or norm.num_features != x.shape[1]:
+    if not isinstance(norm, (norm_class, torch.nn.SyncBatchNorm)) or norm.num_features != x.shape[1]:
         _fail(op, "norm", f"an nn.{norm_class.__name__} over C={x.shape[1]} features (x is {x.dim()}-d)", repr(norm))
     prelu = isinstance(activation, torch.nn.PReLU)
     if not (activation is None or isinstance(activation, torch.nn.ReLU) or prelu) or (
@@ -280,20 +280,23 @@ def batch_norm_prelu(x, norm, activation=None, *, backend="auto"):
 
     Args:
         x: [R, C] with an ``nn.BatchNorm1d``, or [B, C, H, W] with an ``nn.BatchNorm2d``.
-        norm: the BatchNorm; its running statistics and ``num_batches_tracked`` are updated as
-            ``norm(x)`` updates them.
+        norm: the BatchNorm (or a subclass, or an ``nn.SyncBatchNorm``); its running statistics
+            and ``num_batches_tracked`` are updated as ``norm(x)`` updates them.
         activation: an ``nn.PReLU`` (1 or C slopes), an ``nn.ReLU``, or None.
         backend: as for the other ops.
 
     The fused kernel is a CPU kernel for an affine BatchNorm with a set momentum, on [R, C] or
     on a channels-last [B, C, H, W] (what convolutions return for channels-last input);
-    elsewhere, and on backend="reference", the PyTorch modules run. Gradients flow to x, the
-    BatchNorm's weight and bias and the PReLU's slopes.
+    elsewhere, for subclasses of BatchNorm (SyncBatchNorm), and on backend="reference", the
+    PyTorch modules run. Gradients flow to x, the BatchNorm's weight and bias and the PReLU's
+    slopes.
     """
     _check_batch_norm_prelu_inputs(x, norm, activation)
     chosen = resolve_backend(backend, x.device, "batch_norm_prelu")
     rows = _channel_rows(x)
-    if chosen != "cpu" or rows is None or not norm.affine or norm.momentum is None:
+    # a subclass (a SyncBatchNorm: statistics of every process) may change the forward pass: it runs
+    own = type(norm) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    if chosen != "cpu" or rows is None or not norm.affine or norm.momentum is None or not own:
         return skelmae_reference.batch_norm_prelu(x, norm, activation)
     batch_stats = norm.training or norm.running_mean is None
     y, mean, var = torch.ops.skelmae_ext.batch_norm_prelu(

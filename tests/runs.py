@@ -47,10 +47,23 @@ def write_stick(folder, train_labels=(0, 1, 2) * 4, val_labels=(0, 1, 2, 2, 1, 0
 
 def skelmae(*args, env=None, check=True):
     """``python -m skelmae_ext ARGS`` with this process's packages: the CompletedProcess."""
-    result = subprocess.run([sys.executable, "-m", "skelmae_ext", *map(str, args)], capture_output=True, text=True,
-                            env=environment(**(env or {})))
+    return _run([sys.executable, "-m", "skelmae_ext"], args, env, check)
+
+
+def torchrun(*args, processes=2, script=None, env=None, check=True):
+    """``torchrun --standalone --nproc_per_node PROCESSES -m skelmae_ext ARGS`` (or ``SCRIPT
+    ARGS``) with this process's packages: the CompletedProcess."""
+    target = [str(script)] if script else ["-m", "skelmae_ext"]
+    return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                 *target], args, env, check)
+
+
+def _run(command, args, env, check):
+    command = [*command, *map(str, args)]
+    # the timeout guards against a hang (the runs take seconds)
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(**(env or {})), timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"skelmae {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr}")
     return result
 
 
@@ -72,3 +85,18 @@ def records(work_dir, event):
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_run(a, b):
+    """Same weights, optimiser state, schedule and position, bit for bit, and the same epoch losses."""
+    first, second = load(os.path.join(a, "latest.pth")), load(os.path.join(b, "latest.pth"))
+    assert (first["epoch"], first["step"], first["batch"]) == (second["epoch"], second["step"], second["batch"])
+    assert first["model"].keys() == second["model"].keys()
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    for index, state in first["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, second["optimizer"]["state"][index][name]), (index, name)
+    assert first["scheduler"] == second["scheduler"] and first["best"] == second["best"]
+    assert [r["loss"] for r in records(a, "epoch")] == [r["loss"] for r in records(b, "epoch")]
+

@@ -1,6 +1,9 @@
 """The SSL classifier against independent expectations (issue 14): STRL's pooling written out
-by hand, padded persons, training against evaluation mode, the paper-literal variant, and the
-CenterSkeleton transform the default pipeline gains."""
+by hand, padded persons, training against evaluation mode, the paper-literal variant, the
+CenterSkeleton transform the default pipeline gains, and a few dozen steps of the default
+fine-tuning recipe on real sequences."""
+
+import json
 
 import numpy as np
 import pytest
@@ -8,8 +11,10 @@ import torch
 
 import skelmae_ext
 import skelmae_reference
-from skelmae_ext import layouts
+from skelmae_ext import layouts, train
+from skelmae_ext.data import BUNDLED, SkeletonDataset
 from skelmae_ext.data.transforms import CenterSkeleton
+from skelmae_ext.train.checkpoint import load, rebuild
 from skelmae_reference.models import ReferenceOps
 from skelmae_reference.strl import STRLLayer, present_persons
 
@@ -176,3 +181,42 @@ def test_center_skeleton_moves_the_start_to_the_origin():
     np.testing.assert_array_equal(CenterSkeleton(joint=1)({"keypoint": keypoint})["keypoint"][0, 1, 1], [0, 0])
     empty = np.zeros((1, 2, 4, 2), np.float32)
     assert CenterSkeleton()({"keypoint": empty})["keypoint"] is empty
+
+
+ACTIVATION_BOUND = 30.0  # largest |h| an STRL layer may output on real data after a few dozen steps
+
+
+def few_dozen_steps(work_dir, model=None):
+    """Three epochs of the default fine-tuning recipe (from scratch) on a tenth of the bundled
+    training split, 13 steps each; returns the log's losses and the STRL layers' largest
+    activations on a real training batch afterwards."""
+    train.finetune({"data": {"source": BUNDLED, "train_split": "xstyle_train", "val_split": "xstyle_val",
+                             "clip_len": 16, "label_fraction": 0.1},
+                    "model": model or {},
+                    "train": {"work_dir": str(work_dir), "epochs": 3, "threads": 1, "log_every_steps": 3,
+                              "save_every": 0, "val_every": 0}})
+    with open(work_dir / "log.jsonl", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    classifier = rebuild(load(str(work_dir / "latest.pth"))).train()
+    dataset = SkeletonDataset(BUNDLED, "xstyle_train", clip_len=16, num_person=1)
+    x = torch.stack([dataset[i][0][0] for i in range(0, 1600, 100)])
+    largest = []
+    hooks = [layer.register_forward_hook(lambda module, args, out: largest.append(out.abs().max().item()))
+             for layer in classifier.strl.layers]
+    with torch.no_grad():
+        classifier(x)
+    for hook in hooks:
+        hook.remove()
+    return records, largest
+
+
+def test_default_recipe_learns_on_real_data_within_bounds(tmp_path):
+    records, largest = few_dozen_steps(tmp_path / "default")
+    steps = [r["loss"] for r in records if r["event"] == "step"]
+    epochs = [r["loss"] for r in records if r["event"] == "epoch"]
+    assert len(steps) >= 12 and all(np.isfinite(steps))
+    assert epochs[-1] < epochs[0] - 0.1, epochs  # the loss falls
+    assert max(largest) < ACTIVATION_BOUND, largest
+    # The bound means something: the paper's model as written grows about ten times larger.
+    _, paper = few_dozen_steps(tmp_path / "paper", {"pooling": "sum", "joint_embedding": False})
+    assert max(paper) > ACTIVATION_BOUND, paper

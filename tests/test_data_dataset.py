@@ -8,6 +8,7 @@ import torch
 
 from skelmae_ext.data import (
     BUNDLED,
+    EpochSampler,
     SkeletonDataset,
     describe,
     format_description,
@@ -109,6 +110,56 @@ def test_loader_starting_in_the_middle_of_an_epoch():
         assert_same_batches(batches(loader, 1), whole[2:])
         loader.sampler.start = 0
         assert_same_batches(batches(loader, 1), whole)
+
+
+class Numbered:
+    """What EpochSampler reads of a dataset: its length and epoch."""
+
+    epoch = 3
+
+    def __len__(self):
+        return 23
+
+
+def rank_batches(world, batch, start=0):
+    """Each rank's batches of sample indices (training: shuffled, drop_last) as its loader makes them."""
+    batches = []
+    for rank in range(world):
+        sampler = EpochSampler(Numbered(), True, 5, rank=rank, world_size=world, drop_last=True)
+        sampler.start = start
+        indices = [index for index, epoch in sampler]
+        assert len(indices) == len(sampler)
+        batches.append([indices[k:k + batch] for k in range(0, len(indices) - batch + 1, batch)])
+    return batches
+
+
+@pytest.mark.parametrize("start", [0, 8])
+def test_ranks_split_each_batch_of_one_process(start):
+    order = np.random.default_rng([5, Numbered.epoch]).permutation(23)[start:].tolist()
+    one = [order[k:k + 4] for k in range(0, len(order) - 3, 4)]  # one process, batch 4, drop_last
+    assert rank_batches(1, 4, start)[0] == one
+    for world in (2, 4):  # the global batch of 4 over 2 and 4 processes
+        ranks = rank_batches(world, 4 // world, start)
+        assert [len(batches) for batches in ranks] == [len(one)] * world  # every rank steps alike
+        for k, batch in enumerate(one):
+            assert sorted(index for batches in ranks for index in batches[k]) == sorted(batch)
+
+
+def test_evaluation_shards_hold_each_sample_once():
+    for world in (2, 3, 4):
+        shards = [[index for index, _ in EpochSampler(Numbered(), False, 0, rank=rank, world_size=world)]
+                  for rank in range(world)]
+        assert sorted(index for shard in shards for index in shard) == list(range(23))  # no padding, no gaps
+        assert [len(shard) for shard in shards] == [len(range(rank, 23, world)) for rank in range(world)]
+
+
+def test_sampler_errors():
+    with pytest.raises(ValueError, match=r"rank must be in 0..1 \(world_size 2\), got 2"):
+        EpochSampler(Numbered(), True, 0, rank=2, world_size=2)
+    sampler = EpochSampler(Numbered(), True, 0, rank=0, world_size=2)
+    sampler.start = 3
+    with pytest.raises(ValueError, match="start must be a multiple of world_size 2, got 3"):
+        list(sampler)
 
 
 def test_loader_order_and_drop_last():

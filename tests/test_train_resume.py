@@ -13,11 +13,10 @@ import sys
 import time
 
 import pytest
-import torch
 
 from skelmae_ext.train import checkpoint
 
-from runs import TINY, environment, load, records, skelmae, write_stick
+from runs import TINY, assert_same_run, environment, load, records, skelmae, write_stick
 
 # 12 samples / batch 4 = 3 batches an epoch, 3 epochs: random body parts masked (the torch
 # generator matters), latest.pth every 2 steps.
@@ -35,20 +34,6 @@ def stick(tmp_path_factory):
 
 def command(arguments, data, layout, work_dir, workers):
     return [*arguments, "--data", data, "--layout", layout, "--work-dir", work_dir, "--workers", workers]
-
-
-def assert_same_run(a, b):
-    """Same weights, optimiser state, schedule and position, bit for bit, and the same epoch losses."""
-    first, second = load(os.path.join(a, "latest.pth")), load(os.path.join(b, "latest.pth"))
-    assert (first["epoch"], first["step"], first["batch"]) == (second["epoch"], second["step"], second["batch"])
-    assert first["model"].keys() == second["model"].keys()
-    for key in first["model"]:
-        assert torch.equal(first["model"][key], second["model"][key]), key
-    for index, state in first["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, second["optimizer"]["state"][index][name]), (index, name)
-    assert first["scheduler"] == second["scheduler"] and first["best"] == second["best"]
-    assert [r["loss"] for r in records(a, "epoch")] == [r["loss"] for r in records(b, "epoch")]
 
 
 @pytest.mark.parametrize("arguments, workers", [(PRETRAIN, 0), (PRETRAIN, 2), (FINETUNE, 0)],

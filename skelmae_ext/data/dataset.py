@@ -18,6 +18,7 @@ probabilities).
 
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -125,20 +126,37 @@ class EpochSampler(torch.utils.data.Sampler):
     when ``shuffle``, with the ``dataset.epoch`` current when the iteration starts.
 
     ``start`` skips the first ``start`` indices of each epoch's order (set it before iterating:
-    a run resumed in the middle of an epoch goes on from there without loading what it did)."""
+    a run resumed in the middle of an epoch goes on from there without loading what it did).
 
-    def __init__(self, dataset, shuffle, seed):
+    Several processes (``rank`` of ``world_size``, as torch's DistributedSampler): each takes
+    every ``world_size``-th index of the order, from its rank on, so that the processes' k-th
+    batches of size b make up the one process's k-th batch of size b * world_size; ``start``
+    counts in that order (a multiple of ``world_size``). ``drop_last`` cuts the order to a
+    multiple of ``world_size`` so that every process yields as many (training); without it the
+    last indices go to the first ranks, none twice and none padded (evaluation)."""
+
+    def __init__(self, dataset, shuffle, seed, rank=0, world_size=1, drop_last=False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1} (world_size {world_size}), got {rank!r}")
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.start = 0
 
+    def _positions(self):
+        if self.start % self.world_size:
+            raise ValueError(f"start must be a multiple of world_size {self.world_size}, got {self.start}")
+        count = len(self.dataset)
+        end = count - count % self.world_size if self.drop_last else count
+        return range(self.start + self.rank, end, self.world_size)
+
     def __len__(self):
-        return max(0, len(self.dataset) - self.start)
+        return len(self._positions())
 
     def __iter__(self):
         epoch = self.dataset.epoch
         order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)) if self.shuffle
                  else np.arange(len(self.dataset)))
-        return ((int(index), epoch) for index in order[self.start:])
+        return ((int(order[position]), epoch) for position in self._positions())
 
 
 def default_workers():
@@ -152,19 +170,24 @@ def _seed_worker(worker_id):
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # Ctrl-C in a terminal reaches every process: the training process handles it (it finishes
+    # its step and saves, in step with the other ranks), and needs its workers until it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(dataset, batch_size, *, shuffle=True, workers=None, seed=None, drop_last=False, device="cpu",
-                persistent_workers=True):
+                persistent_workers=True, rank=0, world_size=1):
     """A DataLoader over a SkeletonDataset: the epoch's order from ``(seed, epoch)`` (``seed``
     defaults to the dataset's), ``workers`` processes (None: ``default_workers()``; 0 loads in
     this process), each seeded; pinned memory when ``device`` is a CUDA device. Call
-    ``dataset.set_epoch(epoch)`` before iterating each epoch."""
+    ``dataset.set_epoch(epoch)`` before iterating each epoch. With several processes, process
+    ``rank`` of ``world_size`` loads its share (``EpochSampler``) in batches of ``batch_size``."""
     if not isinstance(dataset, SkeletonDataset):
         raise DataError(f"make_loader takes a SkeletonDataset, got {type(dataset).__name__}")
     workers = default_workers() if workers is None else workers
     seed = dataset.seed if seed is None else seed
+    sampler = EpochSampler(dataset, shuffle, seed, rank=rank, world_size=world_size, drop_last=drop_last)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=EpochSampler(dataset, shuffle, seed), num_workers=workers,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=torch.device(device).type == "cuda", drop_last=drop_last, worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed), persistent_workers=persistent_workers and workers > 0)

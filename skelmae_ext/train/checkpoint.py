@@ -13,8 +13,12 @@ A checkpoint is a dict:
     optimizer, scheduler, scaler   their state_dicts (scaler: {} unless float16 AMP)
     epoch        epochs completed; batch: batches done of the next epoch; step: optimiser steps
     best         fine-tuning: {"top1", "epoch"} of the best validation so far (else None)
-    rng          {"python", "numpy", "torch", "cuda"} generator states; loader {"seed", "epoch",
-                 "position"}: the data loader's order and per-sample draws follow from them
+    rng          a list, one entry per process (rank order), of the {"python", "numpy", "torch",
+                 "cuda"} generator states
+    totals       a list, one entry per process, of its sums over the epoch in progress
+                 {"steps", "samples", "loss", "right"} (the epoch's log record adds them up)
+    loader       {"seed", "epoch", "position"}: the data loader's order and per-sample draws
+                 follow from them (position: samples of the epoch done by all processes)
     config       the resolved configuration; versions: environment.versions()
 
 Writing: a temporary file (``.NAME.XXXX.partial``) in the same folder, flushed and fsync'ed,
@@ -127,6 +131,13 @@ def rng_state():
                                               "pos": int(numpy_state["state"]["pos"])}),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def per_rank(checkpoint):
+    """[(totals, rng)] of each process that wrote ``checkpoint`` (a single process's checkpoint
+    of an earlier version holds one of each, not lists)."""
+    totals, rng = checkpoint["totals"], checkpoint["rng"]
+    return list(zip(totals, rng)) if isinstance(rng, list) else [(totals, rng)]
 
 
 def set_rng_state(state):

@@ -25,11 +25,14 @@ AUTO = "auto"
 # base_lr * batch_size / base_batch_size. Fine-tuning: PYSKL's 0.1 at batch 128 (0.0125 at 16).
 # Pre-training: the paper's Adam 1.5e-4 (GraphMAE's graph-classification recipe) at this
 # library's default batch 16 (the paper's "batch 1024" has no clear unit: paper-notes A10).
+DIST_TIMEOUT = 600  # s: a compiling or checkpointing process keeps the others waiting for less
 _DATA = {"source": None, "layout": AUTO, "clip_len": 64, "num_person": AUTO, "feats": ["j"],
          "with_score": False, "augment": True, "augmentation": dict(AUGMENTATION), "workers": AUTO}
 _TRAIN = {"work_dir": None, "epochs": 50, "batch_size": 16, "seed": 0, "device": AUTO, "threads": AUTO,
           "amp": False, "amp_dtype": "bfloat16", "compile": False, "save_every": 10, "save_every_steps": 0,
-          "log_every_steps": 50, "resume": AUTO}
+          "log_every_steps": 50, "resume": AUTO,
+          # several processes (torchrun): SyncBatchNorm, and the seconds a collective may wait
+          "sync_bn": False, "dist_timeout": DIST_TIMEOUT}
 
 DEFAULTS = {
     # DESIGN.md section 5: Adam 1.5e-4, no weight decay, no schedule; the paper's 50 epochs.
@@ -55,9 +58,9 @@ DEFAULTS = {
     },
     # PYSKL's test protocol: 10 clips, softmax probabilities averaged.
     "test": {"data": None, "split": None, "checkpoint": None, "num_clips": 10, "out": None, "batch_size": 16,
-             "device": AUTO, "workers": AUTO},
+             "device": AUTO, "workers": AUTO, "dist_timeout": DIST_TIMEOUT},
     "extract": {"data": None, "split": None, "checkpoint": None, "out": None, "num_clips": 1, "batch_size": 16,
-                "device": AUTO, "workers": AUTO},
+                "device": AUTO, "workers": AUTO, "dist_timeout": DIST_TIMEOUT},
     # Wu et al. 2018's weighted KNN (cosine similarity, votes exp(s / temperature)), as SSL papers report it.
     "knn": {"train": None, "test": None, "k": 20, "temperature": 0.07},
     "ensemble": {"scores": None, "weights": None},
@@ -189,10 +192,11 @@ CHECKS = {
     "train.amp": _boolean, "train.amp_dtype": _choice(*AMP_DTYPES), "train.compile": _boolean,
     "train.save_every": _count, "train.save_every_steps": _count, "train.log_every_steps": _positive_int,
     "train.resume": lambda value: value if value in (AUTO, False) else _text(value),
-    "train.pretrained": _optional(_text), "train.val_every": _count,
+    "train.pretrained": _optional(_text), "train.val_every": _count, "train.sync_bn": _boolean,
+    "train.dist_timeout": _positive,
     # the evaluation commands
     "data": _text, "split": _text, "checkpoint": _text, "num_clips": _positive_int, "out": _optional(_text),
-    "batch_size": _positive_int, "device": _device, "workers": _auto_or(_count),
+    "batch_size": _positive_int, "device": _device, "workers": _auto_or(_count), "dist_timeout": _positive,
     "train": _text, "test": _text, "k": _positive_int, "temperature": _positive,
     "scores": _list(_text, "paths"), "weights": _optional(_list(_real(closed=True), "numbers >= 0")),
 }

@@ -13,6 +13,14 @@ weights, bit for bit, as one that was not (tests/test_train_resume.py).
 
 Steps do not wait for the device: the loss and the count of right answers are summed on it and
 read (``.item()``) only when a log record or checkpoint is written.
+
+Several processes (torchrun; distributed.py): the model is wrapped in DistributedDataParallel,
+which averages the gradients of every parameter over the processes; each process loads its
+share of every global batch (``train.batch_size``), so the optimiser steps are those of one
+process on the global batch, but for BatchNorm, whose statistics are each process's own unless
+``train.sync_bn``. The log's sums are over every process; a checkpoint holds each process's
+generators and sums, and resume hands rank 0's reading of it to every process. Ctrl-C stops
+every process after the same step.
 """
 
 import math
@@ -29,7 +37,7 @@ import numpy as np
 import torch
 
 from ..data import DataError
-from . import checkpoint, distributed, inputs
+from . import checkpoint, distributed, inputs, sync_batch_norm
 from .config import AUTO, OPTIMIZERS, build, resolve_device, resolve_lr, resolve_workers
 from .environment import kernels, versions
 from .logs import RunLog, format_fields, peak_memory_mb, progress
@@ -58,8 +66,10 @@ class Plan:
 
 @dataclass
 class Totals:
-    """Sums over some steps; loss and right answers stay on the device until read. Rates count
-    only the steps of this process (a resumed epoch's sums start from the checkpoint's)."""
+    """This process's sums over some steps; loss and right answers stay on the device until
+    read. ``fields`` reads the sums over every process (a collective: every process calls it
+    at the same step). Rates count only the steps since this process started (a resumed
+    epoch's sums start from the checkpoint's)."""
 
     steps: int = 0
     samples: int = 0
@@ -80,9 +90,17 @@ class Totals:
 
     def fields(self):
         elapsed = max(time.perf_counter() - self.began, 1e-9)
-        return {"loss": float(self.loss) / max(self.steps, 1),
-                "train_top1": None if self.right is None else float(self.right) / max(self.samples, 1),
-                "samples_per_s": round(self.timed_samples / elapsed, 2), "data_wait": round(self.wait / elapsed, 4)}
+        processes = distributed.world_size()
+        loss, samples, right, timed_samples, wait = distributed.sum_over_ranks(
+            [self.loss, self.samples, 0 if self.right is None else self.right, self.timed_samples, self.wait])
+        return {"loss": loss / max(self.steps * processes, 1),
+                "train_top1": None if self.right is None else right / max(samples, 1),
+                "samples_per_s": round(timed_samples / elapsed, 2), "data_wait": round(wait / processes / elapsed, 4)}
+
+    def state(self):
+        """What a checkpoint keeps of this process's sums."""
+        return {"steps": self.steps, "samples": self.samples, "loss": float(self.loss),
+                "right": None if self.right is None else int(self.right)}
 
 
 def start(command, config):
@@ -90,14 +108,16 @@ def start(command, config):
     learning rate), and the process seeded: a recipe's first step."""
     config = build(command, config or {})
     train, data, optim = config["train"], config["data"], config["optim"]
-    device = resolve_device(train["device"], train["amp"], "train.device")
+    device = distributed.start(resolve_device(train["device"], train["amp"], "train.device"), train["dist_timeout"],
+                               "train.device")
+    distributed.local_batch(train["batch_size"], "train.batch_size")  # checked before the data is read
     train["device"] = str(device)
     if train["threads"] == AUTO:
         train["threads"] = torch.get_num_threads()
     torch.set_num_threads(train["threads"])
     data["workers"] = resolve_workers(data["workers"], device)
     optim["lr"] = resolve_lr(optim, train["batch_size"])
-    seed = train["seed"]
+    seed = train["seed"] + distributed.rank()  # the model's random draws (masks) differ between processes
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -132,6 +152,12 @@ class _Trainer:
         self.work_dir = self.train["work_dir"]
         self.device = plan.device
         self.model = plan.model.to(self.device)
+        self.parallel = self.model  # what the steps call: the model, or with several processes its DDP wrapper
+        if distributed.world_size() > 1:
+            if self.train["sync_bn"]:
+                self.model = sync_batch_norm.convert(self.model, self.device)
+            self.parallel = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.loader = inputs.loader(plan.train_set, self.train["batch_size"], self.config["data"]["workers"],
                                     self.device, train=True)
         self.steps_per_epoch = len(self.loader)
@@ -157,11 +183,15 @@ class _Trainer:
             checkpoint.remove_partial(self.work_dir)
         resumed_from = self._resume()
         self._write_records(resumed_from)
-        forward = torch.compile(self.model) if self.train["compile"] else self.model
+        forward = torch.compile(self.parallel) if self.train["compile"] else self.parallel
         epochs = self.train["epochs"]
+        processes = distributed.world_size()
+        batch = f"batch size {self.train['batch_size']}" + (
+            f" ({self.loader.batch_size} in each of {processes} processes"
+            f"{', SyncBatchNorm' if self.train['sync_bn'] else ''})" if processes > 1 else "")
         self.log.text(f"{self.plan.kind} {'resumed from ' + resumed_from if resumed_from else 'started'}: epoch "
                       f"{self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}, step {self.step}, "
-                      f"{len(self.plan.train_set)} samples, batch size {self.train['batch_size']}, device {self.device}, "
+                      f"{len(self.plan.train_set)} samples, {batch}, device {self.device}, "
                       f"kernels {kernels(self.device)['backend']}, work dir {self.work_dir}")
         self.log.record("start", epoch=self.epoch, step=self.step, resumed_from=resumed_from)
         last = {}
@@ -189,10 +219,6 @@ class _Trainer:
                 x, y = next(batches)
             except StopIteration:
                 break
-            except RuntimeError:
-                if not ctrl_c.requested:  # Ctrl-C in a terminal also stops the loader's workers
-                    raise
-                self._interrupt()
             waited = time.perf_counter() - waited
             loss, right = self._step(forward, x, y)
             self.batch += 1
@@ -206,7 +232,7 @@ class _Trainer:
                 interval = Totals()
             if os.environ.get(KILL_AT_STEP_ENV) == str(self.step):
                 os.kill(os.getpid(), signal.SIGKILL)
-            if ctrl_c.requested:
+            if distributed.any_rank(ctrl_c.requested):
                 self._interrupt()
             if (self.train["save_every_steps"] and self.step % self.train["save_every_steps"] == 0
                     and self.batch < self.steps_per_epoch):  # an epoch's end saves anyway
@@ -267,30 +293,38 @@ class _Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------
 
-    def _payload(self):
-        totals = self.epoch_totals
+    def _payload(self, ranks):
         return dict(
             format=checkpoint.FORMAT, kind=self.plan.kind, model=self.model.state_dict(), **self.plan.record,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), epoch=self.epoch, batch=self.batch, step=self.step, best=self.best,
-            # this epoch's sums so far, so that its log record covers the whole epoch after a resume
-            totals={"steps": totals.steps, "samples": totals.samples, "loss": float(totals.loss),
-                    "right": None if totals.right is None else int(totals.right)},
-            rng=checkpoint.rng_state(),
+            # each process's: its sums of this epoch so far (so that the epoch's log record covers
+            # the whole epoch after a resume), its generators
+            totals=[entry["totals"] for entry in ranks], rng=[entry["rng"] for entry in ranks],
             loader={"seed": self.plan.train_set.seed, "epoch": self.epoch,
                     "position": self.batch * self.train["batch_size"]},
             config=self.config, versions=versions())
 
     def _save(self, name):
+        """Writes checkpoint ``name`` (every process calls it: it gathers their states)."""
+        ranks = distributed.all_gather({"totals": self.epoch_totals.state(), "rng": checkpoint.rng_state()})
         if distributed.is_main():
-            checkpoint.save(os.path.join(self.work_dir, name), self._payload())
+            checkpoint.save(os.path.join(self.work_dir, name), self._payload(ranks))
 
-    def _resume(self):
+    def _find_resume(self):
+        """(path, checkpoint) to resume from, or None."""
         resume = self.train["resume"]
         path = os.path.join(self.work_dir, LATEST) if resume == AUTO else resume or None
         if path is None or (resume == AUTO and not os.path.isfile(path)):
             return None
-        state = checkpoint.load(path)
+        return path, checkpoint.load(path)
+
+    def _resume(self):
+        # rank 0 reads: the work directory need only be on its machine
+        found = distributed.from_main(self._find_resume, checkpoint.CheckpointError)
+        if found is None:
+            return None
+        path, state = found
         checkpoint.require_kind(state, self.plan.kind, path, "resume a run with the command that started it, or "
                                 "pass --no-resume to start over")
         try:
@@ -303,10 +337,15 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step, self.best = state["epoch"], state["batch"], state["step"], state["best"]
-        totals = state["totals"]
-        self.epoch_totals = Totals(steps=totals["steps"], samples=totals["samples"], loss=totals["loss"],
-                                   right=totals["right"])
-        checkpoint.set_rng_state(state["rng"])
+        rank, saved = distributed.rank(), checkpoint.per_rank(state)
+        if rank < len(saved):  # a process more than the run that wrote it had starts this epoch's sums at 0
+            totals, rng = saved[rank]
+            self.epoch_totals = Totals(steps=totals["steps"], samples=totals["samples"], loss=totals["loss"],
+                                       right=totals["right"])
+            checkpoint.set_rng_state(rng)
+        if len(saved) != distributed.world_size():
+            self.log.text(f"{path} was written by a run of {len(saved)} processes, this one has "
+                          f"{distributed.world_size()}: the random draws differ from those of an uninterrupted run")
         changed = _differences(state["config"], self.config)
         if changed:
             self.log.text(f"the configuration differs from {path}'s in {', '.join(changed)}: the run goes on with "

@@ -24,32 +24,38 @@ import torch
 
 from ..data import DataError, read_pickle
 from . import checkpoint as checkpoints
-from . import inputs, metrics
-from .config import build, resolve_device, resolve_workers
+from . import distributed, inputs, metrics
+from .config import DIST_TIMEOUT, build, resolve_device, resolve_workers
 from .workdir import TEST_RECORD, append_json_line, find_checkpoint, scores_file
 
 
 @torch.no_grad()
 def predict(function, loader, device, num_clips):
-    """``function`` ([B * clips, M, T, V, C] -> [B * clips, K]) over ``loader``, each sample's
-    outputs averaged over its clips: ([N, K] float32, labels [N]) on the CPU, in the loader's
-    order (with several processes, each rank's part would be gathered here)."""
+    """``function`` ([B * clips, M, T, V, C] -> [B * clips, K]) over ``loader`` (a loader of
+    ``inputs.loader``, in file order), each sample's outputs averaged over its clips: ([N, K]
+    float32, labels [N]) on the CPU, in file order. With several processes, each runs its share
+    of the samples and every process gets all of them, each sample once."""
     outputs, labels = [], []
     for x, y in loader:
         out = function(x.to(device, non_blocking=True).flatten(0, 1))
         outputs.append(out.float().view(x.shape[0], num_clips, -1).mean(1))
         labels.append(y)
-    return torch.cat(outputs).cpu(), torch.cat(labels)
+    mine = ([index for index, _ in loader.sampler], [torch.cat(outputs).cpu()] if outputs else [], labels)
+    shares = distributed.all_gather(mine)  # [(sample indices, outputs, labels)] of each process
+    order = torch.tensor([index for indices, _, _ in shares for index in indices]).argsort()
+    return (torch.cat([out for _, parts, _ in shares for out in parts])[order],
+            torch.cat([y for _, _, parts in shares for y in parts])[order])
 
 
-def _open(checkpoint, data, split, num_clips, batch_size, device, workers, kinds, fix):
-    """The checkpoint's model (eval mode, on the device) and a loader of ``split`` through the
-    checkpoint's test pipeline, checked to fit each other."""
+def _open(options, kinds, fix):
+    """The checkpoint's model (eval mode, on the device) and this process's loader of the
+    split through the checkpoint's test pipeline, checked to fit each other."""
+    checkpoint, data, split, num_clips = options["checkpoint"], options["data"], options["split"], options["num_clips"]
+    device = distributed.start(resolve_device(options["device"]), options["dist_timeout"])
     path = find_checkpoint(checkpoint, "--checkpoint")
     state = checkpoints.load(path)
     if state["kind"] not in kinds:
         checkpoints.require_kind(state, kinds[0], path, fix)
-    device = resolve_device(device)
     data_config = dict(state["config"]["data"], source=data)
     annotations = inputs.read(data, [split])
     layout = inputs.resolve_layout(state["layout"], annotations, data, "layout",
@@ -66,31 +72,34 @@ def _open(checkpoint, data, split, num_clips, batch_size, device, workers, kinds
         raise DataError(f"{data}: {dataset.num_classes} classes but the checkpoint's classifier has "
                         f"{model_args['num_classes']}: evaluate on the dataset it was fine-tuned on")
     model = checkpoints.rebuild(state).to(device).eval()
-    loader = inputs.loader(dataset, batch_size, resolve_workers(workers, device), device, train=False)
+    loader = inputs.loader(dataset, options["batch_size"], resolve_workers(options["workers"], device), device,
+                           train=False, key="batch_size")
     return path, state, model, dataset, loader, device
 
 
-def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, device="auto", workers="auto"):
+def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, device="auto", workers="auto",
+             dist_timeout=DIST_TIMEOUT):
     """Top-1, top-5 and mean class accuracy of a fine-tuning ``checkpoint`` (a .pth or a work
     directory: its best.pth, else latest.pth) on ``split`` of ``data``, the softmax averaged
     over ``num_clips`` clips (PYSKL's protocol). Writes the score dump (``out``, by default
-    scores_SPLIT.pkl beside the checkpoint) and a line of test.jsonl there."""
+    scores_SPLIT.pkl beside the checkpoint) and a line of test.jsonl there (rank 0, under
+    torchrun; ``batch_size`` is then split over the processes, ``dist_timeout`` in seconds)."""
     options = build("test", dict(data=data, split=split, checkpoint=checkpoint, num_clips=num_clips, out=out,
-                                 batch_size=batch_size, device=device, workers=workers))
+                                 batch_size=batch_size, device=device, workers=workers, dist_timeout=dist_timeout))
     path, state, model, dataset, loader, device = _open(
-        options["checkpoint"], options["data"], options["split"], options["num_clips"], options["batch_size"],
-        options["device"], options["workers"], ("finetune",),
-        "a pre-training checkpoint has no classifier: fine-tune it (skelmae finetune --pretrained), or probe its "
-        "features with skelmae extract and skelmae knn")
+        options, ("finetune",), "a pre-training checkpoint has no classifier: fine-tune it (skelmae finetune "
+        "--pretrained), or probe its features with skelmae extract and skelmae knn")
     scores, labels = predict(lambda x: model(x).softmax(1), loader, device, options["num_clips"])
     result = metrics.accuracy(scores, labels)
     out = options["out"] or os.path.join(os.path.dirname(path), scores_file(options["split"]))
+    record = dict(result, scores=os.path.abspath(out))
+    if not distributed.is_main():
+        return record
     dump = {"frame_dir": list(dataset.frame_dirs), "label": labels.numpy(), "scores": scores.numpy(),
             "class_names": state["class_names"], "split": options["split"], "num_clips": options["num_clips"],
             "checkpoint": os.path.abspath(path), "metrics": result}
     with open(out, "wb") as handle:
         pickle.dump(dump, handle, protocol=4)
-    record = dict(result, scores=os.path.abspath(out))
     append_json_line(os.path.join(os.path.dirname(path), TEST_RECORD),
                      dict(record, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=os.path.abspath(path),
                           data=os.path.abspath(options["data"]), split=options["split"],
@@ -112,18 +121,19 @@ def pooled_features(state, model):
     return encoder_features
 
 
-def extract(data, split, checkpoint, out, num_clips=1, batch_size=16, device="auto", workers="auto"):
+def extract(data, split, checkpoint, out, num_clips=1, batch_size=16, device="auto", workers="auto",
+            dist_timeout=DIST_TIMEOUT):
     """Pooled features of ``split`` (averaged over ``num_clips`` test clips) from a pre-training
-    or fine-tuning ``checkpoint``, saved as an .npz (see the module docstring)."""
+    or fine-tuning ``checkpoint``, saved as an .npz (see the module docstring; rank 0 writes
+    it, under torchrun)."""
     options = build("extract", dict(data=data, split=split, checkpoint=checkpoint, out=out, num_clips=num_clips,
-                                    batch_size=batch_size, device=device, workers=workers))
-    path, state, model, dataset, loader, device = _open(
-        options["checkpoint"], options["data"], options["split"], options["num_clips"], options["batch_size"],
-        options["device"], options["workers"], ("pretrain", "finetune"), "")
+                                    batch_size=batch_size, device=device, workers=workers, dist_timeout=dist_timeout))
+    path, state, model, dataset, loader, device = _open(options, ("pretrain", "finetune"), "")
     features, labels = predict(pooled_features(state, model), loader, device, options["num_clips"])
-    np.savez(options["out"], features=features.numpy(), label=labels.numpy(), frame_dir=np.array(dataset.frame_dirs),
-             class_names=np.array(state["class_names"] or [], dtype=str), kind=state["kind"],
-             checkpoint=os.path.abspath(path), split=options["split"])
+    if distributed.is_main():
+        np.savez(options["out"], features=features.numpy(), label=labels.numpy(),
+                 frame_dir=np.array(dataset.frame_dirs), class_names=np.array(state["class_names"] or [], dtype=str),
+                 kind=state["kind"], checkpoint=os.path.abspath(path), split=options["split"])
     return {"out": os.path.abspath(options["out"]), "num_samples": int(labels.numel()), "dim": int(features.shape[1]),
             "kind": state["kind"]}
 

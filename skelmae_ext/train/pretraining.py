@@ -1,6 +1,6 @@
 """SkeletonMAE pre-training (DESIGN.md section 5): ``pretrain(config)``."""
 
-from . import engine, inputs
+from . import distributed, engine, inputs
 from .checkpoint import construct
 
 
@@ -24,7 +24,13 @@ def plan(config):
 
 
 def _loss(forward, x, y):
-    return forward(x).loss, None
+    output = forward(x)
+    # The loss is the mean over the masked joints, whose count varies with the persons and
+    # frames that are padding. Weighted by its share of the masked joints, each process's loss
+    # averages over the processes (as DDP averages the gradients) to the mean over every masked
+    # joint of the global batch, as in one process (where the weight is 1).
+    masked = output.mask.sum().clamp(min=1)
+    return output.loss * (masked / distributed.mean_over_ranks(masked)), None
 
 
 def pretrain(config):
