@@ -7,7 +7,7 @@ from .transforms import TRANSFORMS, Transform
 # Training augmentation: RandomRot's theta (radians; 2D in-plane), RandomScale's scale (per
 # axis, 1 +- scale), RandomGaussianNoise's sigma (relative to each frame's skeleton size), and
 # crop, the share of a sequence UniformSample may cut away (its p_interval is (1 - crop, 1)).
-AUGMENTATION = {"rotation": 0.2, "scale": 0.1, "noise": 0.01, "crop": 0.0}
+AUGMENTATION = {"rotation": 0.2, "scale": 0.1, "noise": 0.01, "crop": 0.5}
 
 
 def default_pipeline(mode="train", clip_len=64, num_clips=1, feats=("j",), *, dims=2, num_person=2,
