@@ -82,6 +82,8 @@ OPTIONS = {
         ("--freeze-encoder", "model.freeze_encoder", dict(action="store_const", const=True,
                                                           help="linear probe: pre-trained encoder frozen")),
         ("--val-clips", "data.val_clips", dict(type=int)),
+        ("--val-every", "train.val_every", dict(type=int, metavar="N",
+                                                help="validate every N epochs and after the last (0: after the last only)")),
         ("--label-smoothing", "optim.label_smoothing", dict(type=float)),
     ],
     "test": [

@@ -98,7 +98,8 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
         folded = fold(layer.mlp.weight, self.encoder_to_decoder.weight)
         projected = layer.ops.linear(hidden, folded)
         token = projected.new_zeros(projected.shape[-1])
-        aggregated = layer.ops.masked_graph_conv(projected, mask, token, layer.adjacency, layer.eps)
+        aggregated = layer.ops.masked_graph_conv(projected, mask if self.remask else None, token, layer.adjacency,
+                                                 layer.eps)
         return aggregated + layer.mlp.bias
 
 

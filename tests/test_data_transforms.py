@@ -276,16 +276,18 @@ def test_build_from_configs_and_errors():
         GenSkeFeat(feats=["b"])({"keypoint": coco_pose()})
     with pytest.raises(ValueError, match=r"a pipeline is a list"):
         Compose({"type": "PoseDecode"})
-    assert sorted(TRANSFORMS) == sorted(["PreNormalize2D", "PreNormalize3D", "UniformSample", "UniformSampleFrames",
+    assert sorted(TRANSFORMS) == sorted(["PreNormalize2D", "PreNormalize3D", "CenterSkeleton", "UniformSample",
+                                         "UniformSampleFrames",
                                          "PoseDecode", "RandomRot", "RandomScale", "RandomGaussianNoise",
                                          "GenSkeFeat", "FormatGCNInput"])
 
 
 def test_default_pipelines():
     train = default_pipeline("train", clip_len=32)
-    assert [t["type"] for t in train] == ["UniformSample", "PoseDecode", "PreNormalize2D", "RandomRot",
-                                          "RandomScale", "RandomGaussianNoise", "GenSkeFeat", "FormatGCNInput"]
-    assert (train[3]["theta"], train[4]["scale"], train[5]["sigma"]) == (
+    assert [t["type"] for t in train] == ["UniformSample", "PoseDecode", "PreNormalize2D", "CenterSkeleton",
+                                          "RandomRot", "RandomScale", "RandomGaussianNoise", "GenSkeFeat",
+                                          "FormatGCNInput"]
+    assert (train[4]["theta"], train[5]["scale"], train[6]["sigma"]) == (
         AUGMENTATION["rotation"], AUGMENTATION["scale"], AUGMENTATION["noise"])
     test = default_pipeline("test", num_clips=10, dims=3)
     assert [t["type"] for t in test] == ["PreNormalize3D", "UniformSample", "PoseDecode", "GenSkeFeat",

@@ -24,7 +24,8 @@ from . import ops as reference_ops
 from .layouts import get_layout, is_index
 
 MASK_STRATEGIES = ("parts", "random_parts", "random_joints")
-TARGETS = ("input", "embedding")
+TARGETS = ("input", "centred", "embedding")
+LOSSES = ("cosine", "mse")
 
 
 class ReferenceOps:
@@ -171,18 +172,25 @@ class SkeletonMAE(nn.Module):
             "random_joints" (a ``mask_ratio`` of joints drawn per graph at every step).
         mask_parts: part indices of the layout's partition (default (3, 5): right arm + right leg).
         beta: exponent of the cosine error.
-        target: "input" (the masked joints' input features) or "embedding" (their embedding,
-            stop-gradient: the paper's literal target).
+        target: "input" (the masked joints' input features), "centred" (their input features
+            relative to the mean of the frame's visible joints; the reconstruction returned is
+            moved back to input coordinates) or "embedding" (their embedding, stop-gradient:
+            the paper's literal target).
+        loss: "cosine" (the paper's re-weighted cosine error, exponent ``beta``) or "mse" (the
+            squared distance, summed over channels, averaged over the masked joints).
+        remask: the decoder sees the masked joints' codes as zeros (GraphMAE's re-mask); with
+            False it sees the encoder's output there too.
         backend: ignored here (always plain PyTorch); kept so both twins take the same arguments.
         learn_eps: learn GIN's eps (GraphMAE keeps it 0).
     """
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
                  mask_strategy="parts", mask_parts=(3, 5), mask_ratio=None, num_mask_parts=None,
-                 beta=2.0, target="input", backend="auto", learn_eps=False):
+                 beta=2.0, target="input", backend="auto", learn_eps=False, loss="cosine", remask=True):
         super().__init__()
         self.layout = get_layout(layout)
         self.in_channels, self.embed_dim, self.beta, self.target = in_channels, embed_dim, beta, target
+        self.loss, self.remask = loss, remask
         self.mask_strategy = mask_strategy
         self.mask_ratio, self.num_mask_parts = mask_ratio, num_mask_parts
         self.mask_parts = self._check_config(mask_parts, num_layers)
@@ -195,7 +203,7 @@ class SkeletonMAE(nn.Module):
         self.encoder = self.encoder_class(in_channels, embed_dim, num_layers, adjacency, ops, learn_eps)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
         self.encoder_to_decoder = nn.Linear(embed_dim, embed_dim, bias=False)
-        out_dim = in_channels if target == "input" else embed_dim
+        out_dim = embed_dim if target == "embedding" else in_channels
         self.decoder = GINLayer(embed_dim, out_dim, adjacency, ops, encoding=False, learn_eps=learn_eps)
 
     make_ops = staticmethod(reference_ops_for)
@@ -209,6 +217,10 @@ class SkeletonMAE(nn.Module):
             raise ValueError(f"mask_strategy must be one of {MASK_STRATEGIES}, got {self.mask_strategy!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not isinstance(self.remask, bool):
+            raise ValueError(f"remask must be True or False, got {self.remask!r}")
         if not _is_real(self.beta) or not self.beta > 0:
             raise ValueError(f"beta must be a number > 0, got {self.beta!r}")
         sequence = isinstance(mask_parts, Iterable) and not isinstance(mask_parts, (str, bytes))
@@ -238,9 +250,15 @@ class SkeletonMAE(nn.Module):
         return torch.rand(graphs, joints, device=device).argsort(1).argsort(1) < masked
 
     def decode(self, hidden, mask):
-        """[G, V, D] encoder output -> [G, V, C_out] reconstruction; the decoder's GIN layer
-        re-masks (its token is zero)."""
-        return self.decoder(self.encoder_to_decoder(hidden), mask)
+        """[G, V, D] encoder output -> [G, V, C_out] reconstruction; with ``remask`` the
+        decoder's GIN layer re-masks (its token is zero)."""
+        return self.decoder(self.encoder_to_decoder(hidden), mask if self.remask else None)
+
+    def reconstruction_loss(self, reconstruction, target, mask):
+        if self.loss == "cosine":
+            return self.ops.cosine_reconstruction_loss(reconstruction, target, mask, self.beta)
+        squared = (reconstruction - target).square().sum(dim=-1)
+        return torch.where(mask, squared, torch.zeros_like(squared)).sum() / mask.sum().clamp_min(1)
 
     def forward(self, x):
         """x: [N, M, T, V, C] -> SkeletonMAEOutput(loss, reconstruction, mask)."""
@@ -251,9 +269,14 @@ class SkeletonMAE(nn.Module):
         mask = self.sample_mask(graphs.shape[0], x.device) & not_padding[:, None]
         hidden = self.encoder(graphs, mask, self.mask_token)
         reconstruction = self.decode(hidden, mask)
-        if self.target == "input":
-            target = graphs
-        else:
+        centre = 0
+        if self.target == "embedding":
             target = self.encoder.embedding(graphs).detach()
-        loss = self.ops.cosine_reconstruction_loss(reconstruction, target, mask, self.beta)
-        return SkeletonMAEOutput(loss, reconstruction.reshape(n, m, t, v, -1), mask.reshape(n, m, t, v))
+        else:
+            if self.target == "centred":
+                visible = ((graphs != 0).any(-1) & ~mask).to(graphs.dtype)[..., None]  # [G, V, 1]
+                centre = (graphs * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp_min(1)
+            target = graphs - centre
+        loss = self.reconstruction_loss(reconstruction, target, mask)
+        output = (reconstruction + centre).reshape(n, m, t, v, -1)
+        return SkeletonMAEOutput(loss, output, mask.reshape(n, m, t, v))

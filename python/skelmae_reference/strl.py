@@ -1,12 +1,15 @@
 """STRL and the SSL classifier in plain PyTorch (DESIGN.md section 6, paper section 3.2).
 
 Input [N, M, T, V, C] -> joint embedding (from pre-training) + learnable temporal position
-embedding -> 3 STRL layers -> mean over persons, frames and joints -> MLP -> class logits.
+embedding (+ a learnable embedding of each joint) -> 3 STRL layers -> mean over the present
+persons, frames and joints -> MLP -> class logits.
 
 One STRL layer, on H [N, M, T, V, D]:
   spatial modelling (Eq. 3): a copy of the pre-trained encoder G_E runs on every (n, m, t)
-    graph; its output is sum-pooled over joints, the persons' pooled vectors are added (their
+    graph; its output is pooled over joints, the persons' pooled vectors are combined (their
     interaction) and broadcast back onto every joint of H: SM(H) = H + Repeat(SP(G_E(H)));
+    the paper sums (``pooling="sum"``), the default averages (``"mean"``: a scale that does
+    not grow with V and M); padded persons take no part;
   1x1 residual and update (Eq. 4): H' = ReLU(W (SM(H) + R H));
   multi-scale temporal convolution (CTR-GCN): kernel 5 with dilations 1 and 2, a max-pool and a
     1x1 branch, BatchNorm, with a residual.
@@ -64,12 +67,21 @@ class MultiScaleTemporalConv(nn.Module):
         return x
 
 
+POOLINGS = ("mean", "sum")
+
+
+def present_persons(x):
+    """[N, M, T, V, C] -> [N, M] bool: the persons that are not all-zero padding."""
+    return x.flatten(2).ne(0).any(-1)
+
+
 class STRLLayer(nn.Module):
     temporal_class = MultiScaleTemporalConv
 
-    def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False):
+    def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False, pooling="mean"):
         super().__init__()
         self.ops = ops
+        self.pooling = pooling
         self.encoder = GINEncoder(dim, num_layers, adjacency, ops, learn_eps)  # a copy of G_E
         self.residual = nn.Linear(dim, dim)  # the 1x1 convolution around spatial modelling
         self.update = nn.Linear(dim, dim)  # W of Eq. 4
@@ -81,27 +93,41 @@ class STRLLayer(nn.Module):
         modelled = h + interaction[:, None, :, None, :]
         return torch.relu(self.update(modelled + self.residual(h)))
 
-    def forward(self, h):
+    def pool(self, spatial, persons):
+        """SP(G_E(H)) of Eq. 3 with the persons' interaction: [N, M, T, V, D] -> [N, T, D].
+        "sum" (the paper's words): summed over the joints and the present persons; its scale
+        grows with V and M, and the classifier diverges under SGD. "mean": averaged over them."""
+        present = persons.to(spatial.dtype)[:, :, None, None]
+        if self.pooling == "sum":
+            return (spatial.sum(dim=3) * present).sum(dim=1)
+        return (spatial.mean(dim=3) * present).sum(dim=1) / present.sum(dim=1).clamp_min(1)
+
+    def forward(self, h, persons):
+        """h: [N, M, T, V, D]; persons: [N, M] bool, False for padding (whose output is zero)."""
         n, m, t, v, d = h.shape
         spatial = self.encoder(h.reshape(n * m * t, v, d)).reshape(n, m, t, v, d)
-        interaction = spatial.sum(dim=3).sum(dim=1)  # sum over joints, then over persons
-        h = self.spatial_update(h, interaction)
+        h = self.spatial_update(h, self.pool(spatial, persons))
         h = self.temporal(h.reshape(n * m, t, v, d).permute(0, 3, 1, 2))  # [B, D, T, V]
-        return h.permute(0, 2, 3, 1).reshape(n, m, t, v, d)
+        return h.permute(0, 2, 3, 1).reshape(n, m, t, v, d) * persons[:, :, None, None, None]
 
 
 class STRL(nn.Module):
-    """Embedding, temporal position embedding and ``num_strl_layers`` STRL layers.
-    ``backend`` is ignored here (plain PyTorch); kept so both twins take the same arguments."""
+    """Embedding, temporal position embedding (plus, with ``joint_embedding``, a learnable
+    embedding of each joint) and ``num_strl_layers`` STRL layers. ``pooling`` is the spatial
+    pooling of Eq. 3 (see STRLLayer.pool). Padded (all-zero) persons get zero features
+    throughout and take no part in the pooling. ``backend`` is ignored here (plain PyTorch);
+    kept so both twins take the same arguments."""
 
     make_ops = staticmethod(reference_ops_for)
     layer_class = STRLLayer
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3, num_frames=64,
-                 num_strl_layers=3, learn_eps=False, backend="auto"):
+                 num_strl_layers=3, learn_eps=False, backend="auto", pooling="mean", joint_embedding=True):
         super().__init__()
         check_positive_ints(in_channels=in_channels, embed_dim=embed_dim, num_layers=num_layers,
                             num_frames=num_frames, num_strl_layers=num_strl_layers)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.layout, self.in_channels, self.num_frames = get_layout(layout), in_channels, num_frames
         adjacency = self.layout.adjacency()
         ops = self.make_ops(backend)
@@ -109,8 +135,15 @@ class STRL(nn.Module):
         self.embedding = nn.Linear(in_channels, embed_dim)
         self.position = nn.Parameter(torch.zeros(num_frames, embed_dim))
         nn.init.trunc_normal_(self.position, std=0.02)
+        # Which joint a feature belongs to: without it mirror-symmetric joints (left and right
+        # wrist) look alike to the GIN copies (benchmarks/README.md measures what it is worth).
+        self.joint_position = None
+        if joint_embedding:
+            self.joint_position = nn.Parameter(torch.zeros(self.layout.num_joints, embed_dim))
+            nn.init.trunc_normal_(self.joint_position, std=0.02)
         self.layers = nn.ModuleList(
-            [self.layer_class(embed_dim, num_layers, adjacency, ops, learn_eps) for _ in range(num_strl_layers)]
+            [self.layer_class(embed_dim, num_layers, adjacency, ops, learn_eps, pooling)
+             for _ in range(num_strl_layers)]
         )
 
     def check_input(self, x, owner="STRL"):
@@ -122,9 +155,13 @@ class STRL(nn.Module):
     def forward(self, x):
         """x: [N, M, T, V, C] -> [N, M, T, V, D]."""
         self.check_input(x)
-        h = self.ops.linear(x, self.embedding.weight, self.embedding.bias) + self.position[:, None, :]
+        persons = present_persons(x)
+        position = self.position[:, None, :]
+        if self.joint_position is not None:
+            position = position + self.joint_position
+        h = (self.ops.linear(x, self.embedding.weight, self.embedding.bias) + position) * persons[:, :, None, None, None]
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, persons)
         return h
 
 
@@ -132,20 +169,26 @@ class SSLClassifier(nn.Module):
     """STRL plus a classifier head, fine-tuned from a pre-trained SkeletonMAE encoder.
 
     ``freeze_encoder=True`` is the linear-probe protocol: the embedding and every encoder copy
-    keep their pre-trained weights and stay in eval mode. ``backend`` is ignored here (plain
+    keep their pre-trained weights and stay in eval mode. ``pooling="mean"`` and
+    ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
+    joint_embedding=False`` is the paper's model as written. ``dropout`` drops pooled features
+    before the head in training. ``backend`` is ignored here (plain
     PyTorch); it is kept so both twins take the same arguments.
     """
 
     def __init__(self, num_classes, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
                  num_frames=64, num_persons=2, freeze_encoder=False, backend="auto",
-                 num_strl_layers=3, learn_eps=False):
+                 num_strl_layers=3, learn_eps=False, pooling="mean", joint_embedding=True, dropout=0.0):
         super().__init__()
         check_positive_ints(num_classes=num_classes, num_persons=num_persons)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.layout = get_layout(layout)
         self.in_channels, self.num_frames, self.num_persons = in_channels, num_frames, num_persons
         self.freeze_encoder = freeze_encoder
         self.strl = self.strl_class(self.layout, in_channels, embed_dim, num_layers, num_frames,
-                                    num_strl_layers, learn_eps, backend)
+                                    num_strl_layers, learn_eps, backend, pooling, joint_embedding)
+        self.dropout = nn.Dropout(dropout)  # on the pooled features, before the head
         self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes))
         if freeze_encoder:
             for module in self.encoder_modules():
@@ -165,16 +208,18 @@ class SSLClassifier(nn.Module):
         return self
 
     def features(self, x):
-        """[N, M, T, V, C] -> [N, D]: STRL output averaged over persons, frames and joints."""
+        """[N, M, T, V, C] -> [N, D]: STRL output averaged over the present persons, frames and
+        joints (a padded person changes nothing in eval mode)."""
         name = type(self).__name__
         self.strl.check_input(x, name)  # STRL checks again: cheap, and errors then name this model
         if x.shape[1] != self.num_persons:
             raise ValueError(f"{name}: x has M={x.shape[1]} persons but num_persons={self.num_persons}")
-        return self.strl(x).mean(dim=(1, 2, 3))
+        present = present_persons(x).to(x.dtype)[:, :, None]
+        return (self.strl(x).mean(dim=(2, 3)) * present).sum(dim=1) / present.sum(dim=1).clamp_min(1)
 
     def forward(self, x):
         """[N, M, T, V, C] -> logits [N, num_classes]."""
-        return self.head(self.features(x))
+        return self.head(self.dropout(self.features(x)))
 
     @torch.no_grad()
     def from_pretrained(self, source):

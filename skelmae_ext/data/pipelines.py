@@ -5,29 +5,36 @@ command line can print and override, with the augmentation magnitudes they use: 
 from .transforms import TRANSFORMS, Transform
 
 # Training augmentation: RandomRot's theta (radians; 2D in-plane), RandomScale's scale (per
-# axis, 1 +- scale), RandomGaussianNoise's sigma (relative to each frame's skeleton size).
-AUGMENTATION = {"rotation": 0.2, "scale": 0.1, "noise": 0.01}
+# axis, 1 +- scale), RandomGaussianNoise's sigma (relative to each frame's skeleton size), and
+# crop, the share of a sequence UniformSample may cut away (its p_interval is (1 - crop, 1)).
+AUGMENTATION = {"rotation": 0.2, "scale": 0.1, "noise": 0.01, "crop": 0.5}
 
 
 def default_pipeline(mode="train", clip_len=64, num_clips=1, feats=("j",), *, dims=2, num_person=2,
-                     augment=True, with_score=False, rotation=None, scale=None, noise=None):
+                     augment=True, with_score=False, rotation=None, scale=None, noise=None, crop=None):
     """The transforms for ``mode`` ("train" or "test") on ``dims``-D data (2 or 3):
-    UniformSample(clip_len, num_clips), PoseDecode, PreNormalize2D (2D; 3D: PreNormalize3D
-    first), in training with ``augment`` RandomRot, RandomScale and RandomGaussianNoise
-    (magnitudes from AUGMENTATION unless given; 0 leaves one out), then GenSkeFeat(feats,
+    UniformSample(clip_len, num_clips), PoseDecode, PreNormalize2D and CenterSkeleton (2D; 3D:
+    PreNormalize3D, which centres, first), in training with ``augment`` a random temporal crop,
+    RandomRot, RandomScale and RandomGaussianNoise (magnitudes from AUGMENTATION unless given;
+    0 leaves one out), then GenSkeFeat(feats,
     with_score) and FormatGCNInput(num_person). The output channels are the coordinates (2 or 3)
     per feature, plus the score channel with ``with_score``."""
     if mode not in ("train", "test"):
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3 (the keypoints' coordinates), got {dims!r}")
+    augmenting = mode == "train" and augment
+    magnitudes = dict(AUGMENTATION)
+    magnitudes.update({k: v for k, v in (("rotation", rotation), ("scale", scale), ("noise", noise), ("crop", crop))
+                       if v is not None})
     sample = [{"type": "UniformSample", "clip_len": clip_len, "num_clips": num_clips}, {"type": "PoseDecode"}]
+    if augmenting and magnitudes["crop"]:
+        sample[0]["p_interval"] = [1 - magnitudes["crop"], 1]
     # PreNormalize2D acts on each joint alone: on the sampled frames it gives PYSKL's values (which
     # normalises first) for less work. PreNormalize3D drops frames and needs the whole sequence.
-    pipeline = sample + [{"type": "PreNormalize2D"}] if dims == 2 else [{"type": "PreNormalize3D"}] + sample
-    if mode == "train" and augment:
-        magnitudes = dict(AUGMENTATION)
-        magnitudes.update({k: v for k, v in (("rotation", rotation), ("scale", scale), ("noise", noise)) if v is not None})
+    pipeline = (sample + [{"type": "PreNormalize2D"}, {"type": "CenterSkeleton"}] if dims == 2
+                else [{"type": "PreNormalize3D"}] + sample)
+    if augmenting:
         for name, config in (("rotation", {"type": "RandomRot", "theta": magnitudes["rotation"]}),
                              ("scale", {"type": "RandomScale", "scale": magnitudes["scale"]}),
                              ("noise", {"type": "RandomGaussianNoise", "sigma": magnitudes["noise"]})):

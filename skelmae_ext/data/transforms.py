@@ -82,6 +82,30 @@ class PreNormalize2D(Transform):
         return results
 
 
+@register()
+class CenterSkeleton(Transform):
+    """Moves the origin to where the subject starts: every joint that is not zero (zero joints
+    are undetected or padding and stay zero) minus the mean of the non-zero joints of the main
+    person's first frame in which any is non-zero (``joint=None``), or of one joint there
+    (``joint`` an index). The centring PreNormalize3D does, for 2D data: after PreNormalize2D
+    a pose's coordinates say where in the image the subject is, which rarely says what it does.
+    A sample with no non-zero joint is left as it is."""
+
+    def __init__(self, joint=None):
+        self.joint = joint
+
+    def __call__(self, results):
+        keypoint = results["keypoint"]
+        shown = keypoint.any(axis=-1)  # [M, T, V]
+        frames = np.flatnonzero(shown[0].any(axis=-1))
+        if frames.size == 0:
+            return results
+        first = keypoint[0, frames[0]]
+        centre = first[shown[0, frames[0]]].mean(axis=0) if self.joint is None else first[self.joint]
+        results["keypoint"] = np.where(shown[..., None], keypoint - centre.astype(keypoint.dtype), 0)
+        return results
+
+
 def _rotation_onto(vector, target):
     """The rotation (Rodrigues) taking the direction of ``vector`` onto ``target``, about their
     cross product; the identity for (near) zero vectors, as PYSKL's ``rotation_matrix``."""

@@ -266,7 +266,8 @@ class _Trainer:
         fields = dict(self.epoch_totals.fields(), lr=self.scheduler.get_last_lr()[0],
                       epoch_time=round(time.perf_counter() - self.epoch_totals.began, 3))
         self.epoch_totals = Totals()
-        if self.plan.validate is not None:
+        every = self.train.get("val_every", 1)
+        if self.plan.validate is not None and (self.epoch == self.train["epochs"] or every and self.epoch % every == 0):
             began = time.perf_counter()
             metrics = self.plan.validate(self.model)
             fields.update({f"val_{name}": value for name, value in metrics.items()},

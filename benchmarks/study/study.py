@@ -1,0 +1,278 @@
+"""Does SkeletonMAE pre-training help? The whole comparison through the public API
+(skelmae_ext.train: the same code as the ``skelmae`` command line), written as a markdown table
+and a plot:
+
+    python benchmarks/study/study.py --dataset bandai2_coco2d=PATH.pkl:xstyle_train:xstyle_val \\
+        --dataset msr_action3d_coco2d=PATH.pkl:xsub_train:xsub_val ... --out runs/study \\
+        [--pretrain-epochs 30] [--finetune-epochs 30] [--seeds 0 1 2] [--fractions 1 0.1 0.01] \\
+        [--clip-len 32] [--transfer bandai2_coco2d msr_action3d_coco2d] [--threads 1] \\
+        [--pretrain-set model.target=centred ...]
+
+For each dataset: the logistic-regression floor (floor.py) per label fraction; SkeletonMAE
+pre-trained on the training split without labels; the SSL classifier fine-tuned from scratch and
+from the pre-trained encoder with the same budget, per label fraction (class-balanced subsets,
+at least one sample per class) and seed; the linear probe (encoder frozen) and KNN of the
+pre-trained encoder against a random one (one pre-training epoch at a learning rate of 1e-9:
+the initial weights, BatchNorm statistics fitted to the data); with ``--transfer``, SkeletonMAE
+pre-trained on the union of those datasets' training splits, then fine-tuned on each. Every run
+keeps its work directory under --out: a second call reuses what finished (the engine resumes)
+and computes only what is missing. Accuracies are the last epoch's validation top-1 (no model
+selection on the validation split)."""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from floor import logistic_regression_floor  # noqa: E402
+
+from skelmae_ext import train  # noqa: E402
+from skelmae_ext.data import load_annotations, save_annotations  # noqa: E402
+
+
+def parse_dataset(text):
+    name, _, rest = text.partition("=")
+    parts = rest.split(":")
+    if not name or len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"--dataset {text!r}: expected NAME=PATH:TRAIN_SPLIT:VAL_SPLIT[:LAYOUT]")
+    return {"name": name, "path": parts[0], "train": parts[1], "val": parts[2],
+            "layout": parts[3] if len(parts) == 4 else "auto"}
+
+
+def parse_settings(items):
+    """KEY=VALUE strings (VALUE in YAML) -> a nested dict."""
+    settings = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        node = settings
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return settings
+
+
+def merge(base, update):
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def last_epoch(work_dir):
+    with open(os.path.join(work_dir, "log.jsonl"), encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    return [r for r in records if r.get("event") == "epoch"][-1]
+
+
+class Study:
+    def __init__(self, args):
+        self.args = args
+        self.results_path = os.path.join(args.out, "results.json")
+        self.results = {}
+        if os.path.exists(self.results_path):
+            with open(self.results_path, encoding="utf-8") as handle:
+                self.results = json.load(handle)
+        self.pretrain_settings = parse_settings(args.pretrain_set)
+        self.finetune_settings = parse_settings(args.finetune_set)
+
+    def save(self):
+        with open(self.results_path, "w", encoding="utf-8") as handle:
+            json.dump(self.results, handle, indent=1, sort_keys=True)
+
+    def remember(self, key, compute):
+        if key not in self.results:
+            self.results[key] = compute()
+            self.save()
+            print(f"{key}: {self.results[key]}", flush=True)
+        return self.results[key]
+
+    def common_train(self, work_dir, epochs, seed=0):
+        return {"work_dir": work_dir, "epochs": epochs, "seed": seed, "threads": self.args.threads, "save_every": 0}
+
+    def pretrain(self, dataset, work_dir, lr=None, epochs=None):
+        config = {"data": {"source": dataset["path"], "split": dataset["train"], "clip_len": self.args.clip_len,
+                           "layout": dataset["layout"]},
+                  "train": self.common_train(work_dir, epochs or self.args.pretrain_epochs)}
+        config = merge(config, self.pretrain_settings)
+        if lr is not None:
+            config = merge(config, {"optim": {"lr": lr}})
+        train.pretrain(config)
+        return work_dir
+
+    def finetune(self, dataset, work_dir, fraction, seed, pretrained=None, freeze=False):
+        def run():
+            config = {"data": {"source": dataset["path"], "train_split": dataset["train"],
+                               "val_split": dataset["val"], "clip_len": self.args.clip_len,
+                               "label_fraction": fraction, "layout": dataset["layout"]},
+                      "model": {"freeze_encoder": freeze},
+                      "train": dict(self.common_train(work_dir, self.args.finetune_epochs, seed),
+                                    pretrained=pretrained, val_every=0)}
+            train.finetune(merge(config, self.finetune_settings))
+            return 100 * last_epoch(work_dir)["val_top1"]
+        return self.remember(work_dir, run)
+
+    def knn(self, dataset, checkpoint_dir, out_dir):
+        def run():
+            features = {}
+            for split in (dataset["train"], dataset["val"]):
+                features[split] = os.path.join(out_dir, f"features_{split}.npz")
+                train.extract(dataset["path"], split, os.path.join(checkpoint_dir, "latest.pth"), features[split])
+            return 100 * train.knn(features[dataset["train"]], features[dataset["val"]])["top1"]
+        return self.remember(os.path.join(out_dir, "knn"), run)
+
+    def run_dataset(self, dataset, transfer_dir=None):
+        name, out = dataset["name"], os.path.join(self.args.out, dataset["name"])
+        for fraction in self.args.fractions:
+            self.remember(f"{name}/floor/{fraction}", lambda f=fraction: logistic_regression_floor(
+                dataset["path"], dataset["train"], dataset["val"], f,
+                layout=None if dataset["layout"] == "auto" else dataset["layout"]))
+        pretrained = self.pretrain(dataset, os.path.join(out, "pretrain"))
+        random = self.pretrain(dataset, os.path.join(out, "random"), lr=1e-9, epochs=1)
+        for fraction in self.args.fractions:
+            for seed in self.args.seeds:
+                tag = f"{fraction}/seed{seed}"
+                self.finetune(dataset, os.path.join(out, "scratch", tag), fraction, seed)
+                self.finetune(dataset, os.path.join(out, "pretrained", tag), fraction, seed, pretrained)
+                if transfer_dir:
+                    self.finetune(dataset, os.path.join(out, "transfer", tag), fraction, seed, transfer_dir)
+        for seed in self.args.seeds:
+            self.finetune(dataset, os.path.join(out, "probe-random", f"seed{seed}"), 1.0, seed, random, freeze=True)
+            self.finetune(dataset, os.path.join(out, "probe-pretrained", f"seed{seed}"), 1.0, seed, pretrained,
+                          freeze=True)
+        self.knn(dataset, random, os.path.join(out, "knn-random"))
+        self.knn(dataset, pretrained, os.path.join(out, "knn-pretrained"))
+
+    def transfer_source(self, datasets):
+        """SkeletonMAE pre-trained on the union of the datasets' training splits (one pickle)."""
+        out = os.path.join(self.args.out, "transfer")
+        os.makedirs(out, exist_ok=True)
+        union = os.path.join(out, "union.pkl")
+        if not os.path.exists(union):
+            annotations = []
+            for dataset in datasets:
+                data = load_annotations(dataset["path"])
+                keep = set(data["split"][dataset["train"]])
+                annotations += [dict(a, frame_dir=f"{dataset['name']}/{a['frame_dir']}", label=0)
+                                for a in data["annotations"] if a["frame_dir"] in keep]
+            save_annotations({"split": {"train": [a["frame_dir"] for a in annotations]}, "annotations": annotations},
+                             union)
+        source = {"name": "union", "path": union, "train": "train", "layout": "auto"}
+        return self.pretrain(source, os.path.join(out, "pretrain"))
+
+
+def mean_spread(values):
+    if not values:
+        return "", None
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {spread:.1f}", (mean, spread)
+
+
+def report(study, datasets, transfer):
+    args, results = study.args, study.results
+    lines = [f"Pre-training {args.pretrain_epochs} epochs, fine-tuning {args.finetune_epochs} epochs, T = "
+             f"{args.clip_len}, seeds {args.seeds}; validation top-1 (%) of the last epoch, mean ± standard "
+             "deviation over the seeds.", "",
+             "| dataset | labels | floor (logistic regression) | from scratch | pre-trained | gain |"
+             + (" transfer (union pre-training) |" if transfer else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
+    bars = []
+    for dataset in datasets:
+        name, out = dataset["name"], os.path.join(args.out, dataset["name"])
+        for fraction in args.fractions:
+            cells = {}
+            for init in ("scratch", "pretrained", "transfer"):
+                values = [results[k] for k in (os.path.join(out, init, f"{fraction}/seed{s}") for s in args.seeds)
+                          if k in results]
+                cells[init] = mean_spread(values)
+            gain = ""
+            if cells["scratch"][1] and cells["pretrained"][1]:
+                gain = f"{cells['pretrained'][1][0] - cells['scratch'][1][0]:+.1f}"
+            floor = results.get(f"{name}/floor/{fraction}")
+            row = (f"| {name} | {100 * fraction:g}% | {floor:.1f} | {cells['scratch'][0]} | "
+                   f"{cells['pretrained'][0]} | {gain} |" if floor is not None else None)
+            if row:
+                lines.append(row + (f" {cells['transfer'][0]} |" if transfer else ""))
+            bars.append((f"{name}\n{100 * fraction:g}%", floor, cells))
+    lines += ["", "| dataset | linear probe, random encoder | linear probe, pre-trained | KNN, random | "
+              "KNN, pre-trained |", "|---|---:|---:|---:|---:|"]
+    for dataset in datasets:
+        out = os.path.join(args.out, dataset["name"])
+        probe = {init: mean_spread([results[k] for k in (os.path.join(out, f"probe-{init}", f"seed{s}")
+                                                          for s in args.seeds) if k in results])[0]
+                 for init in ("random", "pretrained")}
+        knn = {init: results.get(os.path.join(out, f"knn-{init}", "knn")) for init in ("random", "pretrained")}
+        lines.append(f"| {dataset['name']} | {probe['random']} | {probe['pretrained']} | "
+                     + " | ".join("" if knn[i] is None else f"{knn[i]:.1f}" for i in ("random", "pretrained")) + " |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "study.md"), "w", encoding="utf-8") as handle:
+        handle.write(table)
+    print(table)
+    plot(bars, os.path.join(args.out, "study.png"), transfer)
+
+
+def plot(bars, path, transfer):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inits = ["scratch", "pretrained"] + (["transfer"] if transfer else [])
+    width = 0.8 / len(inits)
+    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(bars)), 4.5))
+    for i, init in enumerate(inits):
+        means = [cells[init][1][0] if cells[init][1] else 0 for _, _, cells in bars]
+        spreads = [cells[init][1][1] if cells[init][1] else 0 for _, _, cells in bars]
+        positions = [j + (i - (len(inits) - 1) / 2) * width for j in range(len(bars))]
+        axes.bar(positions, means, width, yerr=spreads, capsize=3, label=init)
+    for j, (_, floor, _) in enumerate(bars):
+        if floor is not None:
+            axes.hlines(floor, j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                        label="logistic-regression floor" if j == 0 else None)
+    axes.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=8)
+    axes.set_ylabel("validation top-1 (%)")
+    axes.set_title("SSL classifier: from scratch vs SkeletonMAE pre-training (mean ± sd over seeds)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=parse_dataset, action="append", required=True,
+                        help="NAME=PATH:TRAIN_SPLIT:VAL_SPLIT[:LAYOUT]")
+    parser.add_argument("--out", default="runs/study")
+    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--clip-len", type=int, default=32)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1, 0.01])
+    parser.add_argument("--transfer", nargs="*", default=[], metavar="NAME",
+                        help="pre-train on the union of these datasets' training splits, fine-tune on each")
+    parser.add_argument("--threads", default="auto")
+    parser.add_argument("--pretrain-set", action="append", metavar="KEY=VALUE", help="a pre-training option")
+    parser.add_argument("--finetune-set", action="append", metavar="KEY=VALUE", help="a fine-tuning option")
+    parser.add_argument("--report-only", action="store_true", help="write the table and plot from what has run")
+    args = parser.parse_args(argv)
+    args.threads = args.threads if args.threads == "auto" else int(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    study = Study(args)
+    if not args.report_only:
+        transfer_dir = None
+        if args.transfer:
+            chosen = [d for d in args.dataset if d["name"] in args.transfer]
+            transfer_dir = study.transfer_source(chosen)
+        for dataset in args.dataset:
+            study.run_dataset(dataset, transfer_dir if dataset["name"] in args.transfer else None)
+    report(study, args.dataset, bool(args.transfer))
+
+
+if __name__ == "__main__":
+    main()
