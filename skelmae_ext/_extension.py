@@ -70,7 +70,10 @@ def load_extension(import_module=importlib.import_module, torch_version=None):
             f"built against torch {build_info.TORCH_VERSION} but running torch {torch_version}; "
             f"{REINSTALL_HINT}"
         )
-    truncated = _truncated_library(importlib.util.find_spec("skelmae_ext._C"))
+    spec = importlib.util.find_spec("skelmae_ext._C")
+    if spec is None:
+        return _unavailable(f"skelmae_ext._C is not built; {_source_tree_hint()}")
+    truncated = _truncated_library(spec)
     if truncated:
         return _unavailable(f"skelmae_ext._C failed to load: {truncated}; {REINSTALL_HINT}")
     try:
@@ -85,6 +88,16 @@ def load_extension(import_module=importlib.import_module, torch_version=None):
         build_torch_version=build_info.TORCH_VERSION,
         cpu_isa=module.cpu_isa(),
     )
+
+
+def _source_tree_hint():
+    """How to get the kernels: a source checkout imported by accident (`python -m` and pytest put
+    the current directory first on sys.path) is named as such."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(os.path.join(os.path.dirname(package), "setup.py")):
+        return (f"{package} is the source tree, imported ahead of the installed package: run from "
+                f"another directory, or build in place with `python setup.py build_ext --inplace`")
+    return REINSTALL_HINT
 
 
 def _truncated_library(spec):

@@ -61,10 +61,16 @@ def torchrun(*args, processes=2, script=None, env=None, check=True):
 def _run(command, args, env, check):
     command = [*command, *map(str, args)]
     # the timeout guards against a hang (the runs take seconds)
-    result = subprocess.run(command, capture_output=True, text=True, env=environment(**(env or {})), timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(**(env or {})), cwd=CWD,
+                            timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+# The subprocesses' working directory: not the repository root, whose source tree `python -m`
+# would import ahead of the installed package.
+CWD = os.path.dirname(os.path.abspath(__file__))
 
 
 def environment(**variables):

@@ -290,6 +290,21 @@ def test_a_damaged_build_info_warns_and_falls_back(tmp_path, text, message):
     assert "compiled kernels unavailable" in warnings and re.search(message, warnings), warnings
 
 
+@pytest.mark.skipif(LIBRARY is None, reason="needs a built package to remove the library from")
+@pytest.mark.parametrize("checkout", [True, False], ids=["source-tree", "installed"])
+def test_a_package_without_its_library_says_how_to_get_it(tmp_path, checkout):
+    """`python -m skelmae_ext` (or pytest) run in an unbuilt checkout imports the source tree
+    ahead of the installed package: the warning names that case."""
+    def damage(package):
+        next(package.glob("_C*.so")).unlink()
+        if checkout:
+            (package.parent / "setup.py").write_text("")
+    warnings = _import_damaged_copy(tmp_path, damage)
+    assert "skelmae_ext._C is not built" in warnings, warnings
+    expected = "is the source tree, imported ahead of the installed package" if checkout else "reinstall with"
+    assert expected in warnings, warnings
+
+
 def test_the_library_check_passes_sound_files():
     """No false alarm: the library in use passes, and a file that is not ELF is left to the
     loader."""

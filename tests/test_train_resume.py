@@ -16,7 +16,7 @@ import pytest
 
 from skelmae_ext.train import checkpoint
 
-from runs import TINY, assert_same_run, environment, load, records, skelmae, write_stick
+from runs import CWD, TINY, assert_same_run, environment, load, records, skelmae, write_stick
 
 # 12 samples / batch 4 = 3 batches an epoch, 3 epochs: random body parts masked (the torch
 # generator matters), latest.pth every 2 steps.
@@ -76,7 +76,7 @@ def test_ctrl_c_finishes_the_step_and_exits_130(stick, tmp_path):
     arguments = command(PRETRAIN, data, layout, work_dir, 0)
     arguments[arguments.index("--epochs") + 1] = 10**6  # runs until interrupted
     process = subprocess.Popen([sys.executable, "-m", "skelmae_ext", *map(str, arguments)], env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=CWD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (os.path.exists(work_dir / "log.jsonl") and records(work_dir, "step")):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
