@@ -63,9 +63,12 @@ def assert_all_close(actual, expected, dtype=torch.float32, equal_nan=False):
         torch.testing.assert_close(a, e.to(a.dtype), rtol=rtol, atol=atol, equal_nan=equal_nan)
 
 
-# One row cannot be partly masked: (1, 2) runs with the other kinds only.
-SHAPES_AND_MASKS = [(shape, kind) for shape in [(1, 2), (37, 3), (300, 64), (2, 50, 128), (4, 5, 6, 64)]
-                    for kind in ["none", "empty", "full", "partial"] if not (kind == "partial" and shape == (1, 2))]
+# One row cannot be partly masked: (1, 2) runs with the other kinds only. (Ids as of two
+# parameters, "<kind>-shape<i>": scripts/gpu_check.py selects by them.)
+SHAPES_AND_MASKS = [pytest.param(shape, kind, id=f"{kind}-shape{index}")
+                    for kind in ["none", "empty", "full", "partial"]
+                    for index, shape in enumerate([(1, 2), (37, 3), (300, 64), (2, 50, 128), (4, 5, 6, 64)])
+                    if not (kind == "partial" and shape == (1, 2))]
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
