@@ -20,7 +20,8 @@ def loss_results(generator):
     target = torch.randn(4096, 16, generator=generator, requires_grad=True)
     mask = torch.rand(4096, generator=generator) < 0.5
     loss = ops.cosine_reconstruction_loss(pred, target, mask, backend="cpu")
-    return {"loss": loss, **dict(zip(("loss d pred", "loss d target"), torch.autograd.grad(loss * 1.3, [pred, target])))}
+    grads = torch.autograd.grad(loss * 1.3, [pred, target])
+    return {"loss": loss, "loss d pred": grads[0], "loss d target": grads[1]}
 
 
 def batch_norm_results(generator):
@@ -30,7 +31,8 @@ def batch_norm_results(generator):
     y = ops.batch_norm_prelu(x, norm, prelu, backend="cpu")
     grads = torch.autograd.grad(y, [x, norm.weight, norm.bias, prelu.weight], torch.randn(y.shape, generator=generator))
     names = ("bn d x", "bn d weight", "bn d bias", "bn d slopes")
-    return {"bn": y, "bn running mean": norm.running_mean, "bn running var": norm.running_var, **dict(zip(names, grads))}
+    return {"bn": y, "bn running mean": norm.running_mean, "bn running var": norm.running_var,
+            **dict(zip(names, grads))}
 
 
 def training_results(name, steps=2):

@@ -32,7 +32,8 @@ def run_in_process(out, thread_counts):
 def thread_invariant(results):
     """The results that do not depend on the thread count: the kernels' and the first losses."""
     kept = {key: value for key, value in results.items() if key.startswith(("loss", "bn"))}
-    return dict(kept, **{f"{name} first loss": results[f"{name} losses"][0] for name in ("SkeletonMAE", "SSLClassifier")})
+    first_losses = {f"{name} first loss": results[f"{name} losses"][0] for name in ("SkeletonMAE", "SSLClassifier")}
+    return dict(kept, **first_losses)
 
 
 def assert_same_bits(first, second):

@@ -9,9 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import skelmae_ext
-import skelmae_reference
-
 from test_models import BACKENDS, real_batch, twins
 
 STEPS = 8
@@ -103,7 +100,8 @@ def cancelling_pair(rows, inner, cols, seed, scale=1e3, rest=1e-3):
     half = inner // 2
     outer = torch.randn(rows, half, generator=generator, dtype=torch.float64) @ basis[:, :half].t()
     product_free = scale * basis[:, half:] @ torch.randn(inner - half, cols, generator=generator, dtype=torch.float64)
-    return outer.float(), (product_free + rest * torch.randn(inner, cols, generator=generator, dtype=torch.float64)).float()
+    noise = rest * torch.randn(inner, cols, generator=generator, dtype=torch.float64)
+    return outer.float(), (product_free + noise).float()
 
 
 def fold_decoder(model):
