@@ -11,6 +11,8 @@ import torch
 
 from skelmae_ext import ops
 
+from left_out import pytest_terminal_summary  # noqa: F401  (the hook: what this run does not collect)
+
 DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 

@@ -48,17 +48,27 @@ def test_present_persons_are_those_not_all_zero():
     assert present_persons(x).tolist() == [[True, False], [True, True], [True, True]]
 
 
-def test_strl_layer_by_hand():
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("twin", ["reference", "fast"])
+def test_strl_layer_by_hand(twin, mode):
     """One STRL layer (mean pooling) against Eq. 3 and 4 and the temporal module's equations,
-    written out with plain tensor operations on a hand-sized input."""
+    written out with plain tensor operations on a hand-sized input; the fast layer (folded
+    Linears, stacked 1x1 convolutions, fused BatchNorm) too, and in training mode, where every
+    BatchNorm normalises with its batch's statistics, the padded person's rows included."""
     torch.manual_seed(0)
-    layer = STRLLayer(8, 1, layouts.get_layout("coco").adjacency(), ReferenceOps()).double().eval()
+    adjacency = layouts.get_layout("coco").adjacency()
+    layer = STRLLayer(8, 1, adjacency, ReferenceOps()).double()
     for parameter in layer.parameters():  # non-trivial BatchNorm affine terms
         parameter.data.uniform_(-0.5, 0.5)
     for module in layer.modules():
         if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
+    if twin == "fast":
+        fast = skelmae_ext.models.STRLLayer(8, 1, adjacency, skelmae_ext.models.BackendOps()).double()
+        fast.load_state_dict(layer.state_dict())
+        layer = fast
+    layer.train(mode == "train")
     h = torch.randn(2, 2, 6, 17, 8, dtype=torch.float64)
     h[1, 1] = 0
     persons = present_persons(h)
@@ -66,10 +76,15 @@ def test_strl_layer_by_hand():
     def batch_norm(x, norm, channel_dim):
         shape = [1] * x.dim()
         shape[channel_dim] = -1
-        scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).view(shape)
-        return (x - norm.running_mean.view(shape)) * scale + norm.bias.view(shape)
+        if mode == "train":
+            others = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
+            mean, var = x.mean(others), x.var(others, unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        scale = (norm.weight / torch.sqrt(var + norm.eps)).view(shape)
+        return (x - mean.view(shape)) * scale + norm.bias.view(shape)
 
-    adjacency = layouts.get_layout("coco").adjacency().double()
+    adjacency = adjacency.double()
 
     def gin_layer(x, gin):  # x [G, V, D]: MLP((1 + eps) x + A x), GraphMAE's encoding layer
         first, norm, prelu, second = gin.mlp

@@ -1,6 +1,7 @@
 """Layouts: built-ins, derived matrices, custom layouts and their validation."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from skelmae_ext import layouts
 import skeletons
 
 BUILTIN = ["coco", "nturgb+d", "openpose", "bandai2", "msr_action3d"]
+SKELETONS = os.path.join(os.path.dirname(__file__), "data", "skeletons")
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -136,12 +138,21 @@ def test_standard_layouts_have_pyskl_bone_parents(name):
     assert sorted(enumerate(layout.parents)) == sorted(skeletons.BONE_PAIRS[layout.num_joints])
 
 
-def test_dataset_layouts_have_their_skeletons_parents():
-    # bandai2.json's "parents" (root -1 = itself) and msr_action3d.json's (child, parent) edges
-    assert layouts.get_layout("bandai2").parents == (0, 0, 1, 2, 3, 2, 5, 6, 7, 2, 9, 10, 11, 0, 13, 14, 15, 0,
-                                                     17, 18, 19)
-    assert layouts.get_layout("msr_action3d").parents == (2, 2, 3, 6, 6, 6, 6, 0, 1, 7, 8, 9, 10, 4, 5, 13, 14,
-                                                          15, 16, 2)
+@pytest.mark.parametrize("name", ["bandai2", "msr_action3d"])
+def test_dataset_layouts_are_the_datasets_own_skeletons(name):
+    """Each real dataset's layout against the dataset's own joint names and (child, parent)
+    edges, the .json beside its converted copy (tests/data/skeletons/, attribution kept): the
+    names in order, the edges oriented towards the root, the root as centre, bone parents."""
+    with open(os.path.join(SKELETONS, f"{name}.json"), encoding="utf-8") as handle:
+        spec = json.load(handle)
+    layout = layouts.get_layout(name)
+    assert list(layout.joints) == spec["joint_names"]
+    assert sorted(layout.edges) == sorted(map(tuple, spec["edges"]))
+    assert layout.center == spec["root_joint"]
+    parent = dict(map(tuple, spec["edges"]))
+    assert layout.parents == tuple(parent.get(joint, joint) for joint in range(len(spec["joint_names"])))
+    if "parents" in spec:  # bandai2.json also lists them, the root's as -1
+        assert layout.parents == tuple(p if p >= 0 else j for j, p in enumerate(spec["parents"]))
 
 
 def test_custom_parents_from_edges_and_centre():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import skelmae_reference as reference
 from skelmae_ext import ops
@@ -115,14 +116,33 @@ def test_second_order_gradients(device, backend, mask_kind):
     )
 
 
+class BackwardCalls(TorchDispatchMode):
+    """Records the graph convolution's backward kernel calls: their output_mask and the shapes
+    of the gradients they return (a gradient not asked for is an empty tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.name().startswith("skelmae_ext::masked_graph_conv_backward"):
+            self.calls.append((list(args[-1]), [tuple(t.shape) for t in out]))
+        return out
+
+
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_gradient_flows_only_to_inputs_that_need_it(device, backend):
-    # x is data (no grad): only the token's gradient is computed, and it is the same.
+    """x is data (no grad), eps a number: the backward kernel is asked for the token's gradient
+    alone, computes nothing for x and eps, and the token's gradient is the reference path's."""
     x, mask, token, adj, _, grad_output = make_inputs(5, 17, 8, "partial", 0.0, device)
     grads = []
     for chosen in (backend, "reference"):
         y = ops.masked_graph_conv(x.detach(), mask, token, adj, 0.2, backend=chosen)
-        grads.append(torch.autograd.grad(y, [token], grad_output)[0])
+        with BackwardCalls() as recorded:
+            grads.append(torch.autograd.grad(y, [token], grad_output)[0])
+        if chosen == backend:
+            assert recorded.calls == [([False, True, False], [(0,), (8,), (0,)])]
     torch.testing.assert_close(grads[0], grads[1])
 
 

@@ -317,9 +317,24 @@ def test_models_deepcopy_and_pickle(tmp_path):
         torch.testing.assert_close(other(x).loss, model(x).loss)
 
 
-def test_features_for_probes():
-    classifier = skelmae_ext.SSLClassifier(num_classes=3, embed_dim=16, num_frames=8)
-    assert classifier.features(random_batch(t=8)).shape == (3, 16)
+@pytest.mark.parametrize("model_name", ["reference", "fast"])
+def test_features_for_probes(model_name):
+    """features(x): the STRL output averaged, by hand, over each sample's present persons
+    (sample 0's second is padding), all frames and all joints; the logits are the head's
+    output of them."""
+    torch.manual_seed(0)
+    module = skelmae_reference if model_name == "reference" else skelmae_ext
+    classifier = module.SSLClassifier(num_classes=3, embed_dim=16, num_frames=8).eval()
+    x = random_batch(t=8)
+    with torch.no_grad():
+        strl = classifier.strl(x)
+        features = classifier.features(x)
+        logits = classifier(x)
+    expected = torch.stack([
+        torch.stack([strl[n, m].mean(dim=(0, 1)) for m in range(2) if x[n, m].any()]).mean(0) for n in range(3)])
+    assert features.shape == (3, 16)
+    torch.testing.assert_close(features, expected)
+    torch.testing.assert_close(logits, classifier.head(expected))
 
 
 BAD_INPUT = {

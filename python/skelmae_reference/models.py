@@ -162,6 +162,16 @@ def check_skeleton_input(x, layout, in_channels, owner, dtype):
 class SkeletonMAE(nn.Module):
     """Graph masked autoencoder over skeleton sequences (pre-training).
 
+    Padding: the graphs of all-zero persons and frames are never masked and take no part in
+    the loss, but they do pass the encoder, so in training mode they count in its BatchNorm
+    batch statistics (as all-zero graphs, whose embedding is the bias): a batch's training loss
+    depends on how much of it is padding, and an extra padded person changes it. This is
+    deliberate. Leaving them out would take data-dependent shapes (no ``fullgraph`` compile,
+    no CUDA graphs) or masked statistics in every BatchNorm; PYSKL's GCNs also normalise over
+    their zero-padded persons; and the running statistics average over the same mix of
+    padding as the batches, so evaluation normalises as training did. In eval mode padding
+    changes nothing (tests/test_skeletonmae.py and tests/test_models.py check both).
+
     Args:
         layout: a built-in layout name, a dict or JSON path of a custom one, or a Layout.
         in_channels: C of the input (2 for x, y).

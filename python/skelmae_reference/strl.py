@@ -115,7 +115,8 @@ class STRL(nn.Module):
     """Embedding, temporal position embedding (plus, with ``joint_embedding``, a learnable
     embedding of each joint) and ``num_strl_layers`` STRL layers. ``pooling`` is the spatial
     pooling of Eq. 3 (see STRLLayer.pool). Padded (all-zero) persons get zero features
-    throughout and take no part in the pooling. ``backend`` is ignored here (plain PyTorch);
+    throughout and take no part in the pooling; in training mode they count in the BatchNorm
+    statistics, as in SkeletonMAE (its docstring says why). ``backend`` is ignored here (plain PyTorch);
     kept so both twins take the same arguments."""
 
     make_ops = staticmethod(reference_ops_for)
