@@ -6,7 +6,7 @@ import torch
 import skelmae_reference as reference
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, TOLERANCES, seeded, size_for
+from helpers import DEVICE_BACKENDS, TOLERANCES, seeded, size_for
 from skeletons import adjacency, make_mask
 
 MASK_KINDS = ["none", "empty", "full", "partial", "parts"]

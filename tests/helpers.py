@@ -1,4 +1,4 @@
-"""Shared fixtures: devices and backends to run on (PyG's withCUDA idiom), graph inputs.
+"""What the op tests share: devices and backends to run on (PyG's withCUDA idiom), tolerances, seeds.
 
 The Triton backend runs on CPU tensors only in Triton's interpreter, which a separate process
 turns on before triton is imported: `TRITON_INTERPRET=1 pytest tests/ -m triton` (.ci/run).
