@@ -188,7 +188,8 @@ def _check_args(pred, target, mask, beta, reduction):
 
 def _check_backward_args(grad_output, num_rows):
     per_row = grad_output.dim() == 1
-    torch._check(grad_output.numel() == (num_rows if per_row else 1), lambda: f"grad_output must be 0-d or [{num_rows}]")
+    torch._check(grad_output.numel() == (num_rows if per_row else 1),
+                 lambda: f"grad_output must be 0-d or [{num_rows}]")
 
 
 def cosine_reconstruction_loss_forward(
