@@ -31,8 +31,8 @@ def bundled():
 @pytest.fixture(scope="module")
 def pretraining_samples_per_s():
     """The pre-training step's samples/s at N = 16 (cpu backend, eager; median of 10 steps)."""
-    x, reference, model_class, loss_of, optimizer_class, optimizer_kwargs = pretraining_setup(BATCH)
-    model, forward = build(model_class, "cpu", reference)
+    x, reference, model_class, loss_of, optimizer_class, optimizer_kwargs = pretraining_setup(BATCH, "cpu")
+    model, forward = build(model_class, "cpu", reference, "cpu")
     optimizer = optimizer_class(model.parameters(), **optimizer_kwargs)
     times = []
     for step in range(13):
