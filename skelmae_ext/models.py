@@ -101,13 +101,10 @@ class MultiScaleTemporalConv(skelmae_reference.strl.MultiScaleTemporalConv):
     product."""
 
     def forward(self, x):
-        # Every branch opens with a 1x1 convolution of x: one product with the four weights
-        # stacked computes them all (the same sums), reading x once and giving one input
-        # gradient instead of four to add up. A 1x1 convolution is a Linear over the channels
-        # of each (sample, frame, joint): ops.linear on the rows of x [B, D, T, V] (channels-
-        # last as STRL passes it), faster than oneDNN's convolution (benchmarks/README.md).
-        # Each branch's slice is made channels-last contiguous again, the layout the fused
-        # BatchNorm reads in place.
+        # The four 1x1 convolutions of x as one Linear over its channels-last rows with the weights
+        # stacked: the same sums, x read once, one input gradient (benchmarks/README.md times it
+        # against oneDNN's convolutions). Each branch's slice goes back to channels-last, which the
+        # fused BatchNorm reads in place.
         openers = [branch.opener for branch in self.branches]
         weight = torch.cat([conv.weight for conv in openers]).flatten(1)
         bias = torch.cat([conv.bias for conv in openers])

@@ -38,12 +38,11 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     chosen = backends.resolve_backend(backend, pred.device, OP)
     if chosen == "reference":
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
-    # The forward writes the gradients too (reading each counted row once) and the backward
-    # scales them; on the CPU, loss.backward()'s grad_output of 1 takes them as they are. A CPU
-    # forward that is compiled (the backward cannot read grad_output there) or per row
-    # ("none") computes the loss alone, and the backward computes the gradients from the
-    # inputs (cosine_reconstruction_loss_grad): cheaper than a scaling pass. The CPU kernels
-    # read only the rows the mask counts.
+    # The forward writes the gradients too (each counted row read once), which the backward
+    # scales or, for grad_output = 1 on the CPU, hands over. Where it could not hand them over
+    # (a compiled CPU forward, or "none"), the CPU forward computes the loss alone and the
+    # backward the gradients from the inputs (cosine_reconstruction_loss_grad): cheaper than a
+    # scaling pass.
     recompute = chosen == "cpu" and (torch.compiler.is_compiling() or reduction == "none")
     output_mask = [False, False] if recompute else [needs_grad(pred), needs_grad(target)]
     loss, _, _ = backends.compiled_op(OP, chosen)(
