@@ -122,8 +122,8 @@ def _write_build_info(with_cuda, arch_list):
 def _extension():
     debug = environment.flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cpu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
-    cpu_sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
+    cpu_sources = [str(p.relative_to(ROOT)) for folder in ("", "common", "cpu")
+                   for p in sorted((ROOT / "csrc" / folder).glob("*.cpp"))]
     cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     with_cuda, reason = _cuda_build_decision(cuda_sources)
 
@@ -150,7 +150,7 @@ def _extension():
         nvcc_flags = opt + ["--expt-relaxed-constexpr", "-lineinfo"] + limited_api
         return CUDAExtension(
             sources=cpu_sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags + ["-DSKELMAE_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             **common,
         )
     print(f"skelmae_ext: building CPU kernels only ({reason}; MAX_JOBS={os.environ['MAX_JOBS']})")

@@ -1,13 +1,13 @@
 // Operator schemas of skelmae_ext. Implementations register per dispatch key in csrc/cpu/ and
-// csrc/cuda/; fake kernels and autograd are registered in skelmae_ext/ops.py.
+// csrc/cuda/; fake kernels and autograd in skelmae_ext/ops/<op>.py.
 #include <Python.h>
 #include <torch/library.h>
 
 #include "cpu/cpu_isa.h"
-#include "cpu/output_buffers.h"
+#include "common/output_buffers.h"
 
 // Importing skelmae_ext._C runs the static TORCH_LIBRARY registrations below; the module's own
-// functions manage the CPU kernels' output cache (cpu/output_buffers.h) and set what
+// functions manage the CPU kernels' output cache (common/output_buffers.h) and set what
 // skelmae_ext/_extension.py reads from the environment (the C++ reads none of it).
 namespace {
 

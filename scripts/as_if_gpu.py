@@ -5,5 +5,5 @@ DEVICE_BACKENDS, the benchmarks' "on cuda" groups) on a machine without one. For
 
 import torch
 
-# Before conftest.py and skelmae_ext are imported: both ask at import time.
+# Before tests/helpers.py and skelmae_ext are imported: both ask at import time.
 torch.cuda.is_available = lambda: True

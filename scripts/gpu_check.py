@@ -35,7 +35,7 @@ RESULT_LINE = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)|no tes
 SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
 
 # Selections (pytest -k). The op tests repeat on cuda for each compiled backend
-# (tests/conftest.py DEVICE_BACKENDS: ids "cuda-cuda", "cuda-triton"); test_cuda.py and
+# (tests/helpers.py DEVICE_BACKENDS: ids "cuda-cuda", "cuda-triton"); test_cuda.py and
 # test_triton_compile.py match by module name.
 TESTS_K = "cuda or triton"
 # memcheck: every small op test but a slice of test_matches_reference (all V and C; single
@@ -139,7 +139,7 @@ def stages(ctx):
     out = ctx.out
     me = [ctx.python, "scripts/gpu_check.py"]
     ops_ids, model_ids = expected_benchmarks()
-    op_files = ["test_masked_graph_conv.py", "test_cosine_loss.py"]
+    op_files = ["test_masked_graph_conv.py", "test_cosine_reconstruction_loss.py"]
     no_caching = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # every tensor its own allocation: overruns are caught
     return [
         Stage("env", 15, "nvidia-smi, the GPU's name and compute capability, torch / triton / nvcc versions", [

@@ -1,10 +1,9 @@
 """SkeletonMAE, STRL and the SSL classifier on skelmae_ext's fused ops.
 
-Each is the reference model of ``skelmae_reference`` with its hot spots (masked GIN aggregation,
-cosine reconstruction loss, the BatchNorm + PReLU tail of each GIN layer, the Linear layers)
-bound to one skelmae_ext backend, and a few Linear layers folded exactly: the same constructor
-arguments, the same state_dict keys and the same outputs, faster. A reference state_dict loads
-unchanged.
+Each is the reference model of ``skelmae_reference`` given BackendOps (its hot spots bound to
+one skelmae_ext backend), with a few Linear layers folded exactly: the same constructor
+arguments plus ``backend``, the same state_dict keys and the same outputs, faster. A reference
+state_dict loads unchanged.
 """
 
 import torch
@@ -17,7 +16,8 @@ from . import ops
 
 
 class BackendOps:
-    """The hot spots the reference models call, run on one skelmae_ext backend."""
+    """The hot spots the reference models call (a skelmae_reference.ops.Ops), run on one
+    skelmae_ext backend: "auto", "cpu", "cuda", "triton" or "reference" (see skelmae_ext.ops)."""
 
     def __init__(self, backend="auto"):
         if backend not in ops.BACKENDS:
@@ -30,7 +30,7 @@ class BackendOps:
     def cosine_reconstruction_loss(self, pred, target, mask=None, beta=2.0, reduction="mean"):
         return ops.cosine_reconstruction_loss(pred, target, mask, beta, reduction, backend=self.backend)
 
-    def batch_norm_prelu(self, x, norm, activation):
+    def batch_norm_prelu(self, x, norm, activation=None):
         return ops.batch_norm_prelu(x, norm, activation, backend=self.backend)
 
     def linear(self, x, weight, bias=None):
@@ -47,26 +47,21 @@ def fold(outer, inner, plus_identity=False):
     return (product + outer64 if plus_identity else product).to(outer.dtype)
 
 
-class SkeletonEncoder(skelmae_reference.SkeletonEncoder):
-    __doc__ = skelmae_reference.SkeletonEncoder.__doc__
+class SkeletonMAE(skelmae_reference.SkeletonMAE):
+    """skelmae_reference.SkeletonMAE (same arguments) on skelmae_ext's kernels: ``backend`` is
+    "auto", "cpu", "cuda", "triton" or "reference" (see skelmae_ext.ops)."""
 
-    def forward(self, x, mask=None, token=None):
-        *leading, joints, channels = x.shape
-        graphs = x.reshape(-1, joints, channels)
-        first, *others = self.gin.layers
-        h = first.finish(self.embed_and_project(graphs, mask, token)).reshape(graphs.shape[0], joints, -1)
-        for layer in others:
-            h = layer(h)
-        return h.reshape(*leading, joints, -1)
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, ops=BackendOps(backend), **kwargs)
 
-    def embed_and_project(self, graphs, mask, token):
-        """The first GIN layer's first Linear of its aggregated, token-substituted embeddings,
-        as [G * V, D] rows. A joint's token-substituted embedding is [x, 1, 0] (kept) or
-        [0, 0, 1] (masked) times [W_e^T; b_e; token]: with these C + 2 augmented channels, the
-        aggregation (linear over joints) runs before that matrix and the Linear (linear over
-        channels), which fold into one (C + 2) x D matrix. Same function: no [G * V, D] x
-        [D, D] product each way, nor the D-channel aggregation and its backward."""
-        layer, embedding = self.gin.layers[0], self.embedding
+    def encode(self, graphs, mask):
+        # A joint's token-substituted embedding is [x, 1, 0] (kept) or [0, 0, 1] (masked) times
+        # [W_e^T; b_e; token]. With these C + 2 augmented channels the first GIN layer's
+        # aggregation (linear over joints) runs before that matrix and its first Linear (linear
+        # over channels), which fold into one (C + 2) x D matrix: same function, without a
+        # [G * V, D] x [D, D] product each way, nor the D-channel aggregation and its backward.
+        first, *others = self.encoder.gin.layers
+        embedding, mlp, post = self.encoder.embedding, first.mlp, first.post
         rows = [embedding.weight.t(), embedding.bias[None]]
         if mask is None:
             augmented = torch.cat([graphs, graphs.new_ones(*graphs.shape[:-1], 1)], dim=-1)
@@ -74,20 +69,19 @@ class SkeletonEncoder(skelmae_reference.SkeletonEncoder):
             masked = mask[..., None]
             kept = (~masked).to(graphs.dtype)
             augmented = torch.cat([graphs.masked_fill(masked, 0), kept, 1 - kept], dim=-1)
-            rows.append(embedding.weight.new_zeros(1, embedding.out_features) if token is None else token[None])
+            rows.append(self.mask_token[None])
         aggregated = self.ops.masked_graph_conv(augmented, None, augmented.new_zeros(augmented.shape[-1]),
-                                                layer.adjacency, layer.eps)
-        first = layer.first_linear
-        folded = fold(first.weight, torch.cat(rows).t())
-        return self.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, first.bias)
-
-
-class SkeletonMAE(skelmae_reference.SkeletonMAE):
-    __doc__ = skelmae_reference.SkeletonMAE.__doc__.replace(
-        "backend: ignored here (always plain PyTorch); kept so both twins take the same arguments.",
-        'backend: "auto", "cpu", "cuda", "triton" or "reference" (see skelmae_ext.ops).')
-    make_ops = staticmethod(BackendOps)
-    encoder_class = SkeletonEncoder
+                                                first.adjacency, first.eps)
+        folded = fold(mlp.first.weight, torch.cat(rows).t())
+        projected = self.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, mlp.first.bias)
+        # the rest of the first layer, as GINLayer.forward
+        hidden = self.ops.batch_norm_prelu(projected, mlp.norm, mlp.activation)
+        h = self.ops.batch_norm_prelu(self.ops.linear(hidden, mlp.second.weight, mlp.second.bias), post.norm,
+                                      post.activation)
+        h = h.reshape(*graphs.shape[:-1], -1)
+        for layer in others:
+            h = layer(h)
+        return h
 
     def decode(self, hidden, mask):
         # encoder_to_decoder (no bias) and the decoder's Linear mix channels; the re-mask and the
@@ -96,30 +90,30 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
         # Same function, about 3 fewer [G*V, D] x [D, D] matrix products per step.
         layer = self.decoder
         folded = fold(layer.mlp.weight, self.encoder_to_decoder.weight)
-        projected = layer.ops.linear(hidden, folded)
+        projected = self.ops.linear(hidden, folded)
         token = projected.new_zeros(projected.shape[-1])
-        aggregated = layer.ops.masked_graph_conv(projected, mask if self.remask else None, token, layer.adjacency,
-                                                 layer.eps)
+        aggregated = self.ops.masked_graph_conv(projected, mask if self.remask else None, token, layer.adjacency,
+                                                layer.eps)
         return aggregated + layer.mlp.bias
 
 
 class MultiScaleTemporalConv(skelmae_reference.strl.MultiScaleTemporalConv):
+    """The reference module (no state of its own) with the branches' 1x1 convolutions as one
+    product."""
+
     def forward(self, x):
-        # Every branch opens with a 1x1 convolution of x: one product with the four weights
-        # stacked computes them all (the same sums), reading x once and giving one input
-        # gradient instead of four to add up. A 1x1 convolution is a Linear over the channels
-        # of each (sample, frame, joint): ops.linear on the rows of x [B, D, T, V] (channels-
-        # last as STRL passes it) took 3.9 ms forward and backward here, oneDNN's convolution
-        # 10.3. Each branch's slice is made channels-last contiguous again, the
-        # layout the fused BatchNorm reads in place.
-        openers = [branch[0] for branch in self.branches]
+        # The four 1x1 convolutions of x as one Linear over its channels-last rows with the weights
+        # stacked: the same sums, x read once, one input gradient (benchmarks/README.md times it
+        # against oneDNN's convolutions). Each branch's slice goes back to channels-last, which the
+        # fused BatchNorm reads in place.
+        openers = [branch.opener for branch in self.branches]
         weight = torch.cat([conv.weight for conv in openers]).flatten(1)
         bias = torch.cat([conv.bias for conv in openers])
         batch, channels, frames, joints = x.shape
         rows = self.ops.linear(x.permute(0, 2, 3, 1).reshape(-1, channels), weight, bias)
         opened = rows.view(batch, frames, joints, -1).permute(0, 3, 1, 2).split(
             [conv.out_channels for conv in openers], dim=1)
-        outputs = [self._run(branch[1:], part.contiguous(memory_format=torch.channels_last))
+        outputs = [self.branch(branch, part.contiguous(memory_format=torch.channels_last))
                    for branch, part in zip(self.branches, opened)]
         # In place: two fewer [B, D, T, V] tensors, whose fresh pages fault in (autograd keeps
         # what it needs: relu_ saves its output, cat and add_ nothing of theirs).
@@ -127,7 +121,7 @@ class MultiScaleTemporalConv(skelmae_reference.strl.MultiScaleTemporalConv):
 
 
 class STRLLayer(skelmae_reference.strl.STRLLayer):
-    temporal_class = MultiScaleTemporalConv
+    """The reference layer (no state of its own) with Eq. 4's two Linear layers folded."""
 
     def spatial_update(self, h, interaction):
         # W (H + Repeat(i) + R H + r) + w = (W + W R) H + Repeat(W (i + r) + w): the two [D, D]
@@ -142,12 +136,28 @@ class STRLLayer(skelmae_reference.strl.STRLLayer):
         return (self.ops.linear(h, folded) + repeated[:, None, :, None, :]).relu_()
 
 
+def _fold_layers(strl):
+    """Gives STRL's layers the methods of the twins above. The twins hold no state of their
+    own, so the modules stay the ones the reference made (parameters, initialisation and
+    state_dict keys untouched): only their class changes."""
+    for layer in strl.layers:
+        layer.__class__ = STRLLayer
+        layer.temporal.__class__ = MultiScaleTemporalConv
+
+
 class STRL(skelmae_reference.STRL):
-    __doc__ = skelmae_reference.STRL.__doc__
-    make_ops = staticmethod(BackendOps)
-    layer_class = STRLLayer
+    """skelmae_reference.STRL (same arguments) on skelmae_ext's kernels: ``backend`` as for
+    SkeletonMAE."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, ops=BackendOps(backend), **kwargs)
+        _fold_layers(self)
 
 
 class SSLClassifier(skelmae_reference.SSLClassifier):
-    __doc__ = skelmae_reference.SSLClassifier.__doc__
-    strl_class = STRL
+    """skelmae_reference.SSLClassifier (same arguments) on skelmae_ext's kernels: ``backend`` as
+    for SkeletonMAE."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, ops=BackendOps(backend), **kwargs)
+        _fold_layers(self.strl)

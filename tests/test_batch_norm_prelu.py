@@ -12,7 +12,7 @@ import torch
 
 from skelmae_ext import ops
 
-from conftest import seeded
+from helpers import seeded
 
 pytestmark = pytest.mark.skipif(not ops.EXTENSION.loaded, reason="compiled kernels not built")
 OP = torch.ops.skelmae_ext.batch_norm_prelu if ops.EXTENSION.loaded else None

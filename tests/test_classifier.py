@@ -15,7 +15,7 @@ from skelmae_ext import layouts, train
 from skelmae_ext.data import BUNDLED, SkeletonDataset
 from skelmae_ext.data.transforms import CenterSkeleton
 from skelmae_ext.train.checkpoint import load, rebuild
-from skelmae_reference.models import ReferenceOps
+from skelmae_reference.ops import ReferenceOps
 from skelmae_reference.strl import STRLLayer, present_persons
 
 BACKENDS = ["reference", "cpu"]

@@ -5,7 +5,7 @@ import torch
 
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, DEVICES, compiled_backends, seeded, tracing_context
+from helpers import DEVICE_BACKENDS, DEVICES, compiled_backends, seeded, tracing_context
 from skeletons import adjacency, make_mask
 
 

@@ -1,8 +1,8 @@
 """CUDA-only checks of the CUDA kernels: stream use under torch.compile(mode="reduce-overhead"),
 CUDA graph capture and replay, and offsets past 2^31 elements.
 
-The op tests themselves (test_masked_graph_conv.py, test_cosine_loss.py, test_compile.py and
-test_registry.py's opcheck) repeat on cuda wherever a GPU is visible (conftest.DEVICE_BACKENDS).
+The op tests themselves (test_masked_graph_conv.py, test_cosine_reconstruction_loss.py, test_compile.py and
+test_registry.py's opcheck) repeat on cuda wherever a GPU is visible (helpers.DEVICE_BACKENDS).
 """
 
 import pytest
@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 import skelmae_reference as reference
 from skelmae_ext import ops
 
-from conftest import seeded
+from helpers import seeded
 from skeletons import adjacency, make_mask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

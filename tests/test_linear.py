@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from skelmae_ext import ops
 
-from conftest import TOLERANCES, seeded
+from helpers import TOLERANCES, seeded
 
 pytestmark = pytest.mark.skipif(not ops.EXTENSION.loaded, reason="compiled kernels not built")
 OP = torch.ops.skelmae_ext.linear if ops.EXTENSION.loaded else None

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import skelmae_reference as reference
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, TOLERANCES, seeded, size_for
+from helpers import DEVICE_BACKENDS, TOLERANCES, seeded, size_for
 from skeletons import adjacency, make_mask
 
 MASK_KINDS = ["none", "empty", "full", "partial", "parts"]

@@ -11,6 +11,8 @@ import skelmae_ext
 import skelmae_reference
 from skelmae_ext import layouts, ops
 from skelmae_ext.data import SkeletonDataset, default_pipeline
+from skelmae_ext.models import BackendOps
+from skelmae_reference.ops import Ops, ReferenceOps
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # Every backend that runs here; Triton's (the interpreter) only in the `-m triton` process.
@@ -39,11 +41,12 @@ def random_batch(layout="coco", channels=2, n=3, t=8, seed=0):
     return x
 
 
-def twins(model_class, seed=0, **kwargs):
-    """(reference model, fast model) with the reference state_dict loaded into the fast one."""
+def twins(model_class, seed=0, backend="auto", **kwargs):
+    """(reference model, fast model on `backend`) with the reference state_dict loaded into the
+    fast one."""
     torch.manual_seed(seed)
     reference = getattr(skelmae_reference, model_class)(**kwargs)
-    fast = getattr(skelmae_ext, model_class)(**kwargs)
+    fast = getattr(skelmae_ext, model_class)(**kwargs, backend=backend)
     fast.load_state_dict(reference.state_dict())  # strict: same keys, same shapes
     return reference, fast
 
@@ -142,6 +145,55 @@ def test_ssl_classifier_is_a_drop_in_twin(backend):
     reference, fast = twins("SSLClassifier", **kwargs)
     assert_twins_agree(reference, fast, random_batch(t=16))
 
+
+
+class CountingOps(ReferenceOps):
+    """The reference ops, counting the calls of each."""
+
+    def __init__(self):
+        self.calls = dict.fromkeys(("masked_graph_conv", "cosine_reconstruction_loss", "batch_norm_prelu", "linear"), 0)
+
+    def __getattribute__(self, name):
+        calls = object.__getattribute__(self, "calls")
+        function = object.__getattribute__(self, name)
+        if name not in calls:
+            return function
+
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+
+def test_both_op_sets_satisfy_the_one_ops_interface():
+    assert isinstance(ReferenceOps(), Ops) and isinstance(BackendOps("cpu"), Ops) and isinstance(CountingOps(), Ops)
+    assert not isinstance(object(), Ops)
+
+
+def test_reference_models_run_every_hot_spot_through_the_ops_given():
+    """SkeletonMAE with 3 GIN layers: 3 encoder + 1 decoder aggregations; the embedding, 2 Linear
+    per encoding layer and the decoder's; 2 BatchNorm tails per encoding layer; one loss. One
+    STRL layer with a 1-layer encoder copy: its aggregation, embedding + 2 Linear, 2 GIN tails
+    and 7 temporal BatchNorms (2 per dilated branch and the max-pool branch, 1 in the 1x1)."""
+    counting = CountingOps()
+    skelmae_reference.SkeletonMAE(embed_dim=16, num_layers=3, ops=counting)(random_batch(t=4))
+    assert counting.calls == {"masked_graph_conv": 4, "cosine_reconstruction_loss": 1, "batch_norm_prelu": 6,
+                              "linear": 8}
+    counting = CountingOps()
+    skelmae_reference.SSLClassifier(3, embed_dim=16, num_layers=1, num_frames=4, num_strl_layers=1,
+                                    ops=counting)(random_batch(t=4))
+    assert counting.calls == {"masked_graph_conv": 1, "cosine_reconstruction_loss": 0, "batch_norm_prelu": 9,
+                              "linear": 3}
+
+
+def test_the_fast_twins_bind_the_backend_and_keep_the_reference_modules():
+    fast = skelmae_ext.SSLClassifier(3, embed_dim=16, num_frames=4, backend="reference")
+    assert isinstance(fast.strl.ops, BackendOps) and fast.strl.ops.backend == "reference"
+    for layer in fast.strl.layers:
+        assert layer.ops is fast.strl.ops and layer.temporal.ops is fast.strl.ops
+        assert isinstance(layer, skelmae_reference.strl.STRLLayer)
+        assert isinstance(layer.temporal, skelmae_reference.strl.MultiScaleTemporalConv)
 
 @pytest.mark.parametrize("layout", BUILTIN)
 def test_every_builtin_layout(layout):

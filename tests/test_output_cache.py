@@ -1,4 +1,4 @@
-"""The CPU kernels' output cache (csrc/cpu/output_buffers.h): freed large outputs are reused,
+"""The CPU kernels' output cache (csrc/common/output_buffers.h): freed large outputs are reused,
 their contents never leak into a new result, and the cache can be emptied or turned off."""
 
 import os

@@ -15,8 +15,9 @@ import torch
 
 import skelmae_reference
 from skelmae_ext import _environment, _extension, ops
+from skelmae_ext.ops import backends
 
-from conftest import DEVICE_BACKENDS, tracing_context
+from helpers import DEVICE_BACKENDS, tracing_context
 from skeletons import adjacency
 
 OP_NAMES = [
@@ -75,7 +76,7 @@ def _loss_samples(device):
 def _opcheck(name, backend, args):
     """opcheck of the op serving `backend`: the C++ op, or its Triton twin."""
     with tracing_context(args[0].device, backend):
-        torch.library.opcheck(ops._op(name, backend).default, args)
+        torch.library.opcheck(backends.compiled_op(name, backend).default, args)
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
@@ -127,7 +128,7 @@ def test_cuda_backend_without_gpu_says_why():
 
 
 def _set_triton(monkeypatch, **status):
-    monkeypatch.setattr(ops, "TRITON", _extension.TritonStatus(**status))
+    monkeypatch.setattr(backends, "TRITON", _extension.TritonStatus(**status))
 
 
 def test_triton_not_installed_says_so_and_the_rest_works(monkeypatch):
@@ -166,7 +167,7 @@ def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
 
 
 def test_triton_rejects_other_devices_by_name():
-    assert ops._unavailable_reason("triton", torch.device("meta")) == "it runs on CUDA tensors, got tensors on meta"
+    assert backends.unavailable_reason("triton", torch.device("meta")) == "it runs on CUDA tensors, got tensors on meta"
 
 
 def test_auto_never_picks_the_interpreter(monkeypatch):
@@ -179,14 +180,14 @@ def test_auto_never_picks_the_interpreter(monkeypatch):
 def test_auto_on_a_gpu_prefers_the_cuda_kernels_then_triton(monkeypatch):
     _set_triton(monkeypatch, loaded=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(ops, "HAS_CUDA_KERNELS", True)
+    monkeypatch.setattr(backends, "HAS_CUDA_KERNELS", True)
     assert ops.available_backends("cuda") == ["cuda", "triton", "reference"]
-    monkeypatch.setattr(ops, "HAS_CUDA_KERNELS", False)
+    monkeypatch.setattr(backends, "HAS_CUDA_KERNELS", False)
     assert ops.resolve_backend("auto", torch.device("cuda")) == "triton"
 
 
 def test_cpu_backend_rejects_other_devices_by_name():
-    reason = ops._unavailable_reason("cpu", torch.device("meta"))
+    reason = backends.unavailable_reason("cpu", torch.device("meta"))
     assert reason == "it runs on CPU tensors, got tensors on meta"
 
 

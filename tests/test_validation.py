@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from skelmae_ext import ops
+from skelmae_ext.ops import backends
 
-from conftest import DEVICE_BACKENDS
+from helpers import DEVICE_BACKENDS
 from skeletons import adjacency
 
 # Inputs are checked before the backend is resolved: the same errors whatever the backend, even
@@ -88,7 +89,8 @@ def test_loss_rejects(case, backend):
 def test_direct_op_calls_still_check(device, backend):
     # torch.ops calls skip the Python wrapper; the kernels still refuse bad shapes.
     x = torch.randn(4, 17, 3, device=device)
-    graph_conv, loss = ops._op("masked_graph_conv", backend), ops._op("cosine_reconstruction_loss", backend)
+    graph_conv = backends.compiled_op("masked_graph_conv", backend)
+    loss = backends.compiled_op("cosine_reconstruction_loss", backend)
     with pytest.raises(RuntimeError, match=r"adjacency must be \[17, 17\]"):
         graph_conv(x, None, torch.zeros(3, device=device), adjacency(18).to(device), torch.tensor(0.0, device=device))
     with pytest.raises(RuntimeError, match="reduction must be 'mean', 'sum' or 'none'"):

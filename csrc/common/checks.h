@@ -1,5 +1,6 @@
-// Argument checks shared by the CPU and CUDA implementations. The Python wrappers in
-// skelmae_ext/ops.py give the user-facing errors; these guard direct torch.ops calls.
+// The argument checks of every C++ op, CPU and CUDA alike: the one place for them in C++. The
+// Python wrappers (skelmae_ext/ops/<op>.py) give the user-facing errors; these guard direct
+// torch.ops calls.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,7 +9,7 @@
 
 namespace skelmae {
 
-inline void check_graph_conv_args(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+inline void check_masked_graph_conv_args(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                   const at::Tensor& token, const at::Tensor& adjacency,
                                   const at::Tensor& eps) {
   TORCH_CHECK(x.dim() == 3, "masked_graph_conv: x must be [G, V, C], got shape ", x.sizes());
@@ -34,12 +35,7 @@ inline void check_graph_conv_args(const at::Tensor& x, const std::optional<at::T
   }
 }
 
-inline void check_graph_conv_backward_args(const at::Tensor& grad_output, const at::Tensor& x) {
-  TORCH_CHECK(grad_output.sizes() == x.sizes(), "masked_graph_conv_backward: grad_output shape ",
-              grad_output.sizes(), " differs from x shape ", x.sizes());
-}
-
-inline void check_cosine_loss_args(const at::Tensor& pred, const at::Tensor& target,
+inline void check_cosine_reconstruction_loss_args(const at::Tensor& pred, const at::Tensor& target,
                                    const std::optional<at::Tensor>& mask, double beta) {
   TORCH_CHECK(pred.dim() == 2, "cosine_reconstruction_loss: pred must be [R, C], got shape ",
               pred.sizes());
@@ -59,7 +55,7 @@ inline void check_cosine_loss_args(const at::Tensor& pred, const at::Tensor& tar
 
 // Checks a saved gradient [R, C] of the loss and grad_output (0-d, or [R] for reduction "none");
 // returns whether grad_output has one value per row.
-inline bool check_loss_backward_args(const at::Tensor& grad_output, const at::Tensor& gradient) {
+inline bool check_cosine_reconstruction_loss_backward_args(const at::Tensor& grad_output, const at::Tensor& gradient) {
   TORCH_CHECK(gradient.dim() == 2, "cosine_reconstruction_loss_backward: saved gradient must be 2-D");
   const bool per_row = grad_output.dim() == 1;
   TORCH_CHECK(grad_output.numel() == (per_row ? gradient.size(0) : 1),
@@ -76,6 +72,49 @@ inline void check_device(const char* op, const char* name, const at::Tensor& ten
               tensor.device());
 }
 
+inline void check_same_shape(const char* op, const char* name, const at::Tensor& tensor, const char* like_name,
+                             const at::Tensor& like) {
+  TORCH_CHECK(tensor.sizes() == like.sizes(), op, ": ", name, " must have ", like_name, "'s shape ", like.sizes(),
+              ", got ", tensor.sizes());
+}
+
+inline void check_linear_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "linear: x must be [R, in], got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), "linear: weight must be [out, ", x.size(1),
+              "], got shape ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "linear: weight dtype ", weight.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "linear: bias must be [",
+                weight.size(0), "], got shape ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "linear: bias dtype ", bias->scalar_type(),
+                " differs from x dtype ", x.scalar_type());
+  }
+}
+
+inline void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == x.size(0) && grad_output.size(1) == weight.size(0),
+              "linear_backward: grad_output must be [", x.size(0), ", ", weight.size(0), "], got shape ",
+              grad_output.sizes());
+}
+
+inline void check_batch_norm_prelu_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                        const at::Tensor& prelu_weight) {
+  TORCH_CHECK(x.dim() == 2, "batch_norm_prelu: x must be [R, C], got shape ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), "batch_norm_prelu: x must be floating point, got ", x.scalar_type());
+  const int64_t channels = x.size(1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == channels && bias.dim() == 1 && bias.size(0) == channels,
+              "batch_norm_prelu: weight and bias must be [", channels, "], got ", weight.sizes(), " and ",
+              bias.sizes());
+  TORCH_CHECK(prelu_weight.dim() == 1 && (prelu_weight.size(0) == 1 || prelu_weight.size(0) == channels),
+              "batch_norm_prelu: prelu_weight must be [1] or [", channels, "], got ", prelu_weight.sizes());
+}
+
+inline void check_batch_norm_prelu_statistics(const std::optional<at::Tensor>& mean,
+                                              const std::optional<at::Tensor>& var) {
+  TORCH_CHECK(mean.has_value() == var.has_value(), "batch_norm_prelu: pass both running mean and variance, or neither");
+}
+
 enum class Reduction { kNone, kMean, kSum };
 
 inline Reduction parse_reduction(c10::string_view reduction) {
@@ -85,11 +124,6 @@ inline Reduction parse_reduction(c10::string_view reduction) {
               "cosine_reconstruction_loss: reduction must be 'mean', 'sum' or 'none', got '",
               std::string(reduction), "'");
   return Reduction::kSum;
-}
-
-// Scalar type in which the kernels accumulate (and hold the adjacency) for inputs of `dtype`.
-inline at::ScalarType accumulate_type(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace skelmae

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <math.h>
+#include <stdint.h>
 
 #if defined(__CUDACC__)
 #define SKELMAE_HD __host__ __device__ __forceinline__
@@ -22,6 +23,10 @@ template <typename Acc>
 SKELMAE_HD Acc clamp_min_acc(Acc v, Acc low) {
   return v < low ? low : v;
 }
+
+// Number of chunks of `per_chunk` items that cover `items` (grids, and the fixed chunks of the
+// deterministic reductions).
+SKELMAE_HD int64_t ceil_div(int64_t items, int64_t per_chunk) { return (items + per_chunk - 1) / per_chunk; }
 
 // Channels processed together by one call of the tile functions: the CPU kernels use
 // kCpuTile (the inner loop vectorises), a CUDA thread uses 1.

@@ -21,26 +21,15 @@
 #include <vector>
 
 #include "../common/batch_norm_prelu_math.h"
+#include "../common/checks.h"
+#include "../common/output_buffers.h"
 #include "channel_tiles.h"
 #include "cpu_isa.h"
-#include "output_buffers.h"
 
 namespace skelmae {
 namespace {
 
 constexpr int64_t kRowsPerChunk = 64;  // a chunk of 64 x C values stays in L1/L2 between sweeps
-
-void check_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                const at::Tensor& slope) {
-  TORCH_CHECK(x.dim() == 2, "batch_norm_prelu: x must be [R, C], got shape ", x.sizes());
-  TORCH_CHECK(x.is_floating_point(), "batch_norm_prelu: x must be floating point, got ", x.scalar_type());
-  const int64_t channels = x.size(1);
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == channels && bias.dim() == 1 && bias.size(0) == channels,
-              "batch_norm_prelu: weight and bias must be [", channels, "], got ", weight.sizes(), " and ",
-              bias.sizes());
-  TORCH_CHECK(slope.dim() == 1 && (slope.size(0) == 1 || slope.size(0) == channels),
-              "batch_norm_prelu: prelu_weight must be [1] or [", channels, "], got ", slope.sizes());
-}
 
 // A per-channel parameter or statistic as C values of Acc (a single PReLU slope is repeated).
 template <typename Acc>
@@ -77,7 +66,7 @@ SKELMAE_INLINE_BODY inline void chunk_moments_tile(const scalar_t* x, int64_t r0
 // (the chunk is cache-resident), then the chunks merged in order in double.
 template <typename scalar_t, typename Acc>
 void batch_moments(const scalar_t* x, int64_t rows, int64_t channels, Acc* mean_out, Acc* var_out) {
-  const int64_t chunks = num_chunks(rows, kRowsPerChunk);
+  const int64_t chunks = ceil_div(rows, kRowsPerChunk);
   std::vector<Acc> chunk_mean(chunks * channels), chunk_m2(chunks * channels);
   const auto moments = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -140,9 +129,8 @@ SKELMAE_INLINE_BODY inline void forward_row(const scalar_t* __restrict x, scalar
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& slope,
     const std::optional<at::Tensor>& mean_in, const std::optional<at::Tensor>& var_in, double eps) {
-  check_args(x_in, weight, bias, slope);
-  TORCH_CHECK(mean_in.has_value() == var_in.has_value(),
-              "batch_norm_prelu: pass both running mean and variance, or neither");
+  check_batch_norm_prelu_args(x_in, weight, bias, slope);
+  check_batch_norm_prelu_statistics(mean_in, var_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t rows = x.size(0), channels = x.size(1);
   const auto stats_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -207,7 +195,7 @@ template <typename scalar_t, typename Acc>
 std::vector<double> backward_sums(const scalar_t* x, const scalar_t* dy, int64_t rows, int64_t channels,
                                   const Acc* mean, const Acc* invstd, const Acc* k, const Acc* b,
                                   const Acc* w) {
-  const int64_t chunks = num_chunks(rows, kRowsPerChunk);
+  const int64_t chunks = ceil_div(rows, kRowsPerChunk);
   std::vector<Acc> partials(chunks * 3 * channels);
   const auto sums = [&](int64_t begin, int64_t end) SKELMAE_INLINE_BODY {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -239,9 +227,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& slope, const at::Tensor& mean, const at::Tensor& var, double eps, bool batch_stats,
     std::array<bool, 4> output_mask) {
-  check_args(x_in, weight, bias, slope);
-  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes(), "batch_norm_prelu_backward: grad_output shape ",
-              grad_y_in.sizes(), " differs from x shape ", x_in.sizes());
+  check_batch_norm_prelu_args(x_in, weight, bias, slope);
+  check_same_shape("batch_norm_prelu_backward", "grad_output", grad_y_in, "x", x_in);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor grad_y = grad_y_in.to(x.scalar_type()).contiguous();
   const int64_t rows = x.size(0), channels = x.size(1);

@@ -1,4 +1,4 @@
-// CPU helpers: channel tiling and fixed-size work chunks.
+// CPU helper: channel tiling.
 #pragma once
 
 #include <cstdint>
@@ -16,12 +16,6 @@ inline void for_each_channel_tile(int64_t channels, Fn&& fn) {
   int64_t c0 = 0;
   for (; c0 + kCpuTile <= channels; c0 += kCpuTile) fn(std::integral_constant<int, kCpuTile>{}, c0);
   for (; c0 < channels; ++c0) fn(std::integral_constant<int, 1>{}, c0);
-}
-
-// Reductions are split into chunks of a fixed number of items whatever the thread count, and
-// the chunk partials are summed in order: results are bitwise reproducible.
-inline int64_t num_chunks(int64_t items, int64_t items_per_chunk) {
-  return (items + items_per_chunk - 1) / items_per_chunk;
 }
 
 }  // namespace skelmae

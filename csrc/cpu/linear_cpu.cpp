@@ -1,40 +1,27 @@
 // CPU kernels of skelmae_ext::linear and its backward: F.linear, its products by the faster of
-// the two engines ATen bundles.
+// the two engines ATen bundles (benchmarks/README.md measures both).
 //
 //   y  = x W^T + b          x [R, in], W [out, in], b [out]
 //   dx = dy W,   dW = (x^T dy)^T,   db = sum_r dy
 //
 // y and dx: oneDNN's inner product (ATen's mkldnn::_linear_pointwise) for float32 outputs of up
-// to 32 MiB, where this torch has it and torch.backends.mkldnn.enabled; on this AMD CPU it ran
-// [34816, 64] x [64, 64] in 0.7 ms against MKL's 1.6 (sgemm). Otherwise ATen's addmm / mm (MKL)
-// into the output cache (output_buffers.h): PyTorch's own larger outputs are fresh pages every
-// time, whose faults cost more than the product.
-// dW: MKL, as the [in, out] product x^T dy, then transposed: for few input features (a joint's
-// 2 or 3 coordinates) MKL ran that orientation about 5x faster than dy^T x.
+// to 32 MiB, where this torch has it and torch.backends.mkldnn.enabled: faster than MKL's sgemm
+// at the models' shapes. Otherwise ATen's addmm / mm (MKL) into the output cache
+// (output_buffers.h): PyTorch's own larger outputs are fresh pages every time, whose faults cost
+// more than the product.
+// dW: MKL, as the [in, out] product x^T dy, then transposed: the faster orientation for few input
+// features (a joint's 2 or 3 coordinates).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <array>
 #include <optional>
 
-#include "output_buffers.h"
+#include "../common/checks.h"
+#include "../common/output_buffers.h"
 
 namespace skelmae {
 namespace {
-
-void check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "linear: x must be [R, in], got shape ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), "linear: weight must be [out, ", x.size(1),
-              "], got shape ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "linear: weight dtype ", weight.scalar_type(),
-              " differs from x dtype ", x.scalar_type());
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "linear: bias must be [",
-                weight.size(0), "], got shape ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "linear: bias dtype ", bias->scalar_type(),
-                " differs from x dtype ", x.scalar_type());
-  }
-}
 
 // Outputs above this come from glibc as fresh mappings every time (its largest heap block by
 // default), and their page faults cost more than oneDNN saves.
@@ -67,16 +54,14 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const std::opt
 }
 
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  check_args(x, weight, bias);
+  check_linear_args(x, weight, bias);
   return product(x, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                                    const at::Tensor& weight,
                                                                    std::array<bool, 3> output_mask) {
-  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == x.size(0) && grad_y.size(1) == weight.size(0),
-              "linear_backward: grad_output must be [", x.size(0), ", ", weight.size(0), "], got shape ",
-              grad_y.sizes());
+  check_linear_backward_args(grad_y, x, weight);
   at::Tensor grad_x = output_mask[0] ? product(grad_y, weight.t(), std::nullopt) : x.new_empty({0});
   at::Tensor grad_weight = output_mask[1] ? x.t().mm(grad_y).t().contiguous() : weight.new_empty({0});
   at::Tensor grad_bias = output_mask[2] ? grad_y.sum(0) : weight.new_empty({0});

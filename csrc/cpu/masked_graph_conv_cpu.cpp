@@ -7,7 +7,7 @@
 //   dtoken   = sum over masked (g, v) of sum_u S[u, v] * dy[g, u]
 //   deps     = sum_{g, v, c} x~[g, v, c] * dy[g, v, c]
 //
-// The per-joint arithmetic is in common/graph_conv_math.h (shared with CUDA). Graphs run in
+// The per-joint arithmetic is in common/masked_graph_conv_math.h (shared with CUDA). Graphs run in
 // parallel; the token and eps gradients are reduced in two stages (fixed chunks of graphs,
 // then the chunk partials in order), so results do not depend on the thread count.
 #include <ATen/Dispatch.h>
@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "../common/checks.h"
-#include "../common/graph_conv_math.h"
+#include "../common/masked_graph_conv_math.h"
+#include "../common/output_buffers.h"
 #include "channel_tiles.h"
-#include "output_buffers.h"
 
 namespace skelmae {
 namespace {
@@ -54,7 +54,7 @@ const bool* mask_data(const std::optional<at::Tensor>& mask) {
 at::Tensor forward_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
                        const at::Tensor& token_in, const at::Tensor& adjacency,
                        const at::Tensor& eps) {
-  check_graph_conv_args(x_in, mask_in, token_in, adjacency, eps);
+  check_masked_graph_conv_args(x_in, mask_in, token_in, adjacency, eps);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor token = token_in.contiguous();
   const std::optional<at::Tensor> mask =
@@ -94,8 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
     const at::Tensor& token_in, const at::Tensor& adjacency, const at::Tensor& eps,
     std::array<bool, 3> output_mask) {
-  check_graph_conv_args(x_in, mask_in, token_in, adjacency, eps);
-  check_graph_conv_backward_args(grad_y_in, x_in);
+  check_masked_graph_conv_args(x_in, mask_in, token_in, adjacency, eps);
+  check_same_shape("masked_graph_conv_backward", "grad_output", grad_y_in, "x", x_in);
   const auto [need_x, need_token, need_eps] = output_mask;
   const at::Tensor grad_y = grad_y_in.contiguous().to(x_in.scalar_type());
   const at::Tensor x = x_in.contiguous();
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
       mask_in.has_value() ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
   const int64_t graphs = x.size(0), joints = x.size(1), channels = x.size(2);
   const int64_t graph_size = joints * channels;
-  const int64_t chunks = num_chunks(graphs, kGraphsPerChunk);
+  const int64_t chunks = ceil_div(graphs, kGraphsPerChunk);
 
   at::Tensor grad_x = new_output(x, need_x);
   at::Tensor grad_token = new_output(token, need_token);

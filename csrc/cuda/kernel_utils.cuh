@@ -1,4 +1,4 @@
-// Launch shape, output allocation and deterministic reductions shared by the CUDA kernels:
+// Launch shape and deterministic reductions shared by the CUDA kernels:
 // fixed shuffle trees and fixed-order sums, never atomics, so every result is bitwise
 // reproducible on a given GPU.
 #pragma once
@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "../common/host_device.h"
+#include "../common/output_buffers.h"
 
 namespace skelmae {
 
@@ -19,14 +20,6 @@ constexpr int kWarps = kThreads / 32;
 // Grids stop growing here and loop over the rest of the work: enough blocks to fill an H100
 // (132 SMs x 8) about twice, and a count of per-block partials that does not depend on the GPU.
 constexpr int64_t kMaxBlocks = 2048;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// An uninitialised contiguous tensor of `like`'s shape and options, or an empty one when
-// `needed` is false (an output the caller did not ask for).
-inline at::Tensor new_output(const at::Tensor& like, bool needed = true) {
-  return needed ? at::empty_like(like, at::MemoryFormat::Contiguous) : like.new_empty({0});
-}
 
 // Sum over each aligned group of kWidth lanes (a butterfly: every lane of the group ends with
 // the same bits). Every lane of the warp must call it.

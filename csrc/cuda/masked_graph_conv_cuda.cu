@@ -7,7 +7,7 @@
 //   dtoken   = sum over masked (g, v) of sum_u S[u, v] * dy[g, u]
 //   deps     = sum_{g, v, c} x~[g, v, c] * dy[g, v, c]
 //
-// The per-joint arithmetic is common/graph_conv_math.h, the code the CPU kernels run (one
+// The per-joint arithmetic is common/masked_graph_conv_math.h, the code the CPU kernels run (one
 // channel per thread here). Work layout:
 // - the adjacency becomes a neighbour table on the device: one thread per joint runs
 //   fill_neighbor_row (the rows of the CPU's fill_neighbor_table). Each block copies the table
@@ -31,7 +31,7 @@
 #include <array>
 
 #include "../common/checks.h"
-#include "../common/graph_conv_math.h"
+#include "../common/masked_graph_conv_math.h"
 #include "kernel_utils.cuh"
 
 namespace skelmae {
@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(kThreads)
 at::Device checked_device(const char* op, const at::Tensor& x,
                           const std::optional<at::Tensor>& mask, const at::Tensor& token,
                           const at::Tensor& adjacency, const at::Tensor& eps) {
-  check_graph_conv_args(x, mask, token, adjacency, eps);
+  check_masked_graph_conv_args(x, mask, token, adjacency, eps);
   if (mask.has_value()) check_device(op, "mask", *mask, x.device());
   check_device(op, "token", token, x.device());
   check_device(op, "adjacency", adjacency, x.device());
@@ -386,7 +386,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& token_in, const at::Tensor& adjacency, const at::Tensor& eps,
     std::array<bool, 3> output_mask) {
   constexpr const char* kOp = "masked_graph_conv_backward";
-  check_graph_conv_backward_args(grad_y_in, x_in);
+  check_same_shape(kOp, "grad_output", grad_y_in, "x", x_in);
   check_device(kOp, "grad_output", grad_y_in, x_in.device());
   const Inputs in(kOp, x_in, mask_in, token_in, adjacency, eps);
   const auto [need_x, need_token, need_eps] = output_mask;

@@ -99,7 +99,7 @@ def is_index(value):
 
 
 def _check_indices(layout):
-    """Every joint index is an int: a float such as 2.7 was once truncated to a joint silently."""
+    """Every joint index is an int: a float such as 2.7 would silently be truncated to a joint."""
     if type(layout.center) is not int:
         _fail(layout.name, f"center must be an integer joint index, got {layout.center!r}")
     groups = [("edge", pair) for pair in layout.edges] + [("flip pair", pair) for pair in layout.flip_pairs]

@@ -1,4 +1,4 @@
-"""SkeletonMAE pre-training model in plain PyTorch (DESIGN.md section 5, paper section 3.1).
+"""SkeletonMAE pre-training model in plain PyTorch (docs/design.md section 5, paper section 3.1).
 
 Every (sample, person, frame) is one graph of the layout's V joints. Joints are embedded
 (Linear C -> D); the joints of the masked body parts are replaced by one learnable mask token; a
@@ -8,9 +8,9 @@ input features; the loss is the re-weighted cosine error over the masked joints 
 that are not padding.
 
 The hot spots (the masked GIN aggregation, the loss, the BatchNorm + PReLU tails and the Linear
-layers) go through ``self.ops``: this package's plain functions here; ``skelmae_ext`` swaps in
-its fused kernels (and folds a few Linear layers exactly), which makes ``skelmae_ext.SkeletonMAE``
-a drop-in, faster twin (same arguments, same state_dict keys).
+layers) go through ``ops`` (an ops.Ops): this package's plain functions unless the model is given
+others. ``skelmae_ext.SkeletonMAE`` gives its fused kernels (and folds a few Linear layers
+exactly in ``encode`` and ``decode``): a drop-in, faster twin with the same state_dict keys.
 """
 
 import numbers
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import ops as reference_ops
+from .ops import ReferenceOps
 from .layouts import get_layout, is_index
 
 MASK_STRATEGIES = ("parts", "random_parts", "random_joints")
@@ -28,69 +28,69 @@ TARGETS = ("input", "centred", "embedding")
 LOSSES = ("cosine", "mse")
 
 
-class ReferenceOps:
-    """The models' hot spots as this package's plain functions (skelmae_ext's twins bind its
-    fused kernels and faster formulations instead). An instance, not the module, so models
-    deepcopy and pickle."""
+class EncodingMLP(nn.Sequential):
+    """The MLP of a GraphMAE GIN encoding layer: Linear, BatchNorm, PReLU, Linear. An
+    nn.Sequential, as GraphMAE's (its state_dict keys are the positions 0 to 3), with its
+    parts named."""
 
-    masked_graph_conv = staticmethod(reference_ops.masked_graph_conv)
-    cosine_reconstruction_loss = staticmethod(reference_ops.cosine_reconstruction_loss)
-    batch_norm_prelu = staticmethod(reference_ops.batch_norm_prelu)
-    linear = staticmethod(reference_ops.linear)
+    def __init__(self, in_dim, out_dim):
+        super().__init__(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.PReLU(), nn.Linear(out_dim, out_dim))
+
+    first = property(lambda self: self[0])
+    norm = property(lambda self: self[1])
+    activation = property(lambda self: self[2])
+    second = property(lambda self: self[3])
 
 
-def reference_ops_for(backend):
-    """The ops object of the reference models, whatever the backend."""
-    return ReferenceOps()
+class NormActivation(nn.Sequential):
+    """BatchNorm then an activation (PReLU, ReLU) or none; an nn.Sequential with its parts named."""
+
+    def __init__(self, norm, activation=None):
+        super().__init__(norm, *([] if activation is None else [activation]))
+
+    norm = property(lambda self: self[0])
+    activation = property(lambda self: self[1] if len(self) > 1 else None)
 
 
 class GINLayer(nn.Module):
     """GraphMAE's GIN layer: ``MLP((1 + eps) h + sum_{u in N(v)} h_u)``.
 
-    Encoding layers: MLP = Linear, BatchNorm, PReLU, Linear, then BatchNorm and PReLU. The
-    decoding layer: a single Linear, no norm, no activation. ``mask`` / ``token`` replace the
+    Encoding layers: MLP = Linear, BatchNorm, PReLU, Linear, then BatchNorm and PReLU (``post``).
+    The decoding layer: a single Linear, no norm, no activation. ``mask`` / ``token`` replace the
     masked joints' features before aggregating (the token is zeros for the decoder's re-mask).
     """
 
-    def __init__(self, in_dim, out_dim, adjacency, ops, encoding=True, learn_eps=False):
+    def __init__(self, in_dim, out_dim, adjacency, ops=None, encoding=True, learn_eps=False):
         super().__init__()
-        self.ops = ops
+        self.ops = ReferenceOps() if ops is None else ops
         self.register_buffer("adjacency", adjacency, persistent=False)
         self.eps = nn.Parameter(torch.zeros(())) if learn_eps else 0.0
+        self.encoding = encoding
         if encoding:
-            self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.PReLU(),
-                                     nn.Linear(out_dim, out_dim))
-            self.post = nn.Sequential(nn.BatchNorm1d(out_dim), nn.PReLU())
+            self.mlp = EncodingMLP(in_dim, out_dim)
+            self.post = NormActivation(nn.BatchNorm1d(out_dim), nn.PReLU())
         else:
             self.mlp = nn.Linear(in_dim, out_dim)
 
     def forward(self, h, mask=None, token=None):
+        """h: [G, V, C] -> [G, V, D]."""
         graphs, joints, channels = h.shape
         if token is None:
             token = h.new_zeros(channels)
-        aggregated = self.ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps)
-        first = self.first_linear
-        projected = self.ops.linear(aggregated.reshape(graphs * joints, channels), first.weight, first.bias)
-        return self.finish(projected).reshape(graphs, joints, -1)
-
-    @property
-    def first_linear(self):
-        """The MLP's first Linear (the decoding layer's only one)."""
-        return self.mlp if isinstance(self.mlp, nn.Linear) else self.mlp[0]
-
-    def finish(self, rows):
-        """The rest of the layer after the MLP's first Linear, on [G * V, D] rows."""
-        if isinstance(self.mlp, nn.Linear):  # the decoding layer
-            return rows
-        _, norm, activation, second = self.mlp
-        out = self.ops.linear(self.ops.batch_norm_prelu(rows, norm, activation), second.weight, second.bias)
-        return self.ops.batch_norm_prelu(out, *self.post)
+        ops = self.ops
+        rows = ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps).reshape(graphs * joints, channels)
+        if not self.encoding:
+            return ops.linear(rows, self.mlp.weight, self.mlp.bias).reshape(graphs, joints, -1)
+        mlp, post = self.mlp, self.post
+        hidden = ops.batch_norm_prelu(ops.linear(rows, mlp.first.weight, mlp.first.bias), mlp.norm, mlp.activation)
+        out = ops.batch_norm_prelu(ops.linear(hidden, mlp.second.weight, mlp.second.bias), post.norm, post.activation)
+        return out.reshape(graphs, joints, -1)
 
 
 class GINEncoder(nn.Module):
     """``num_layers`` GIN encoding layers of width ``dim``; the first substitutes the mask token."""
 
-    def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False):
+    def __init__(self, dim, num_layers, adjacency, ops=None, learn_eps=False):
         super().__init__()
         self.layers = nn.ModuleList(
             [GINLayer(dim, dim, adjacency, ops, learn_eps=learn_eps) for _ in range(num_layers)]
@@ -107,11 +107,11 @@ class GINEncoder(nn.Module):
 class SkeletonEncoder(nn.Module):
     """Joint embedding (Linear C -> D) plus the GIN encoder: G_E, reusable on its own."""
 
-    def __init__(self, in_channels, embed_dim, num_layers, adjacency, ops, learn_eps=False):
+    def __init__(self, in_channels, embed_dim, num_layers, adjacency, ops=None, learn_eps=False):
         super().__init__()
-        self.ops = ops
+        self.ops = ReferenceOps() if ops is None else ops
         self.embedding = nn.Linear(in_channels, embed_dim)
-        self.gin = GINEncoder(embed_dim, num_layers, adjacency, ops, learn_eps)
+        self.gin = GINEncoder(embed_dim, num_layers, adjacency, self.ops, learn_eps)
 
     def forward(self, x, mask=None, token=None):
         """x: [..., V, C] -> [..., V, D]; mask [G, V] over the flattened graphs, token [D]."""
@@ -190,13 +190,13 @@ class SkeletonMAE(nn.Module):
             squared distance, summed over channels, averaged over the masked joints).
         remask: the decoder sees the masked joints' codes as zeros (GraphMAE's re-mask); with
             False it sees the encoder's output there too.
-        backend: ignored here (always plain PyTorch); kept so both twins take the same arguments.
         learn_eps: learn GIN's eps (GraphMAE keeps it 0).
+        ops: the implementation of the hot spots (an Ops); None: this package's plain PyTorch.
     """
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
                  mask_strategy="parts", mask_parts=(3, 5), mask_ratio=None, num_mask_parts=None,
-                 beta=2.0, target="input", backend="auto", learn_eps=False, loss="cosine", remask=True):
+                 beta=2.0, target="input", learn_eps=False, loss="cosine", remask=True, ops=None):
         super().__init__()
         self.layout = get_layout(layout)
         self.in_channels, self.embed_dim, self.beta, self.target = in_channels, embed_dim, beta, target
@@ -204,20 +204,16 @@ class SkeletonMAE(nn.Module):
         self.mask_strategy = mask_strategy
         self.mask_ratio, self.num_mask_parts = mask_ratio, num_mask_parts
         self.mask_parts = self._check_config(mask_parts, num_layers)
-        ops = self.make_ops(backend)
-        self.ops = ops
+        self.ops = ops = ReferenceOps() if ops is None else ops
         adjacency = self.layout.adjacency()
         membership = self.layout.part_membership()
         self.register_buffer("part_membership", membership, persistent=False)
         self.register_buffer("fixed_mask", membership[list(self.mask_parts)].any(0), persistent=False)
-        self.encoder = self.encoder_class(in_channels, embed_dim, num_layers, adjacency, ops, learn_eps)
+        self.encoder = SkeletonEncoder(in_channels, embed_dim, num_layers, adjacency, ops, learn_eps)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
         self.encoder_to_decoder = nn.Linear(embed_dim, embed_dim, bias=False)
         out_dim = embed_dim if target == "embedding" else in_channels
         self.decoder = GINLayer(embed_dim, out_dim, adjacency, ops, encoding=False, learn_eps=learn_eps)
-
-    make_ops = staticmethod(reference_ops_for)
-    encoder_class = SkeletonEncoder
 
     def _check_config(self, mask_parts, num_layers):
         """The constructor's arguments; returns mask_parts as a tuple."""
@@ -259,6 +255,10 @@ class SkeletonMAE(nn.Module):
         masked = max(1, round(self.mask_ratio * joints))
         return torch.rand(graphs, joints, device=device).argsort(1).argsort(1) < masked
 
+    def encode(self, graphs, mask):
+        """[G, V, C] graphs -> [G, V, D] codes, the masked joints replaced by the mask token."""
+        return self.encoder(graphs, mask, self.mask_token)
+
     def decode(self, hidden, mask):
         """[G, V, D] encoder output -> [G, V, C_out] reconstruction; with ``remask`` the
         decoder's GIN layer re-masks (its token is zero)."""
@@ -277,7 +277,7 @@ class SkeletonMAE(nn.Module):
         graphs = x.reshape(n * m * t, v, c)
         not_padding = graphs.abs().sum(dim=(1, 2)) > 0  # all-zero persons / frames are padding
         mask = self.sample_mask(graphs.shape[0], x.device) & not_padding[:, None]
-        hidden = self.encoder(graphs, mask, self.mask_token)
+        hidden = self.encode(graphs, mask)
         reconstruction = self.decode(hidden, mask)
         centre = 0
         if self.target == "embedding":

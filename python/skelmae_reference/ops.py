@@ -1,4 +1,7 @@
-"""The two SkeletonMAE hot spots in plain PyTorch (autograd gives the gradients)."""
+"""The models' hot spots in plain PyTorch (autograd gives the gradients), and the interface
+through which the models call them (Ops)."""
+
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -58,3 +61,27 @@ def batch_norm_prelu(x, norm, activation=None):
 def linear(x, weight, bias=None):
     """``F.linear``: ``x W^T + b`` over the last dim of x (the models' Linear layers)."""
     return F.linear(x, weight, bias)
+
+
+@runtime_checkable
+class Ops(Protocol):
+    """The hot spots the models call through their ``ops``, with the signatures of this module's
+    functions: ReferenceOps here, skelmae_ext's fused kernels in skelmae_ext.models."""
+
+    def masked_graph_conv(self, x, mask, token, adjacency, eps=0.0): ...
+
+    def cosine_reconstruction_loss(self, pred, target, mask=None, beta=2.0, reduction="mean"): ...
+
+    def batch_norm_prelu(self, x, norm, activation=None): ...
+
+    def linear(self, x, weight, bias=None): ...
+
+
+class ReferenceOps:
+    """Ops as this module's plain functions, the models' default. An instance, not the module,
+    so that models deepcopy and pickle."""
+
+    masked_graph_conv = staticmethod(masked_graph_conv)
+    cosine_reconstruction_loss = staticmethod(cosine_reconstruction_loss)
+    batch_norm_prelu = staticmethod(batch_norm_prelu)
+    linear = staticmethod(linear)

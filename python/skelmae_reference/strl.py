@@ -1,4 +1,4 @@
-"""STRL and the SSL classifier in plain PyTorch (DESIGN.md section 6, paper section 3.2).
+"""STRL and the SSL classifier in plain PyTorch (docs/design.md section 6, paper section 3.2).
 
 Input [N, M, T, V, C] -> joint embedding (from pre-training) + learnable temporal position
 embedding (+ a learnable embedding of each joint) -> 3 STRL layers -> mean over the present
@@ -21,50 +21,61 @@ import torch
 from torch import nn
 
 from .layouts import get_layout
-from .models import GINEncoder, ReferenceOps, check_positive_ints, check_skeleton_input, reference_ops_for
+from .models import GINEncoder, check_positive_ints, check_skeleton_input
+from .ops import ReferenceOps
+
+
+class TemporalBranch(nn.Sequential):
+    """One branch of CTR-GCN's multi-scale temporal module on [B, D, T, V]: a 1x1 convolution
+    to ``width`` channels and BatchNorm, then, but for the 1x1 branch, ReLU, a temporal
+    convolution (``kernel_size`` with ``dilation``) or a max-pool over 3 frames (``pool``), and
+    BatchNorm. An nn.Sequential, as CTR-GCN's (its state_dict keys are the positions 0 to 4),
+    with its parts named."""
+
+    def __init__(self, dim, width, kernel_size=None, dilation=1, pool=False):
+        layers = [nn.Conv2d(dim, width, 1), nn.BatchNorm2d(width)]
+        if kernel_size is not None:
+            padding = ((kernel_size - 1) * dilation // 2, 0)
+            layers += [nn.ReLU(), nn.Conv2d(width, width, (kernel_size, 1), padding=padding, dilation=(dilation, 1)),
+                       nn.BatchNorm2d(width)]
+        elif pool:
+            layers += [nn.ReLU(), nn.MaxPool2d((3, 1), stride=1, padding=(1, 0)), nn.BatchNorm2d(width)]
+        super().__init__(*layers)
+
+    opener = property(lambda self: self[0])
+    opener_norm = property(lambda self: self[1])
+    activation = property(lambda self: self[2] if len(self) > 2 else None)
+    temporal = property(lambda self: self[3] if len(self) > 2 else None)
+    norm = property(lambda self: self[4] if len(self) > 2 else None)
 
 
 class MultiScaleTemporalConv(nn.Module):
-    """CTR-GCN's multi-scale temporal module on [B, D, T, V], plus a residual and ReLU. Each
-    BatchNorm, with the ReLU after it, runs through ``ops.batch_norm_prelu``."""
+    """CTR-GCN's multi-scale temporal module on [B, D, T, V]: kernel 5 with each dilation, a
+    max-pool and a 1x1 branch side by side, plus a residual and ReLU. Each BatchNorm, with the
+    ReLU after it, runs through ``ops.batch_norm_prelu``."""
 
     def __init__(self, dim, kernel_size=5, dilations=(1, 2), ops=None):
         super().__init__()
-        self.ops = ops if ops is not None else ReferenceOps()
+        self.ops = ReferenceOps() if ops is None else ops
         branches = len(dilations) + 2
         if dim % branches:
             raise ValueError(f"embed_dim must be divisible by {branches} (temporal branches), got {dim}")
         width = dim // branches
-
-        def pointwise():
-            return [nn.Conv2d(dim, width, 1), nn.BatchNorm2d(width)]
-
         self.branches = nn.ModuleList(
-            [nn.Sequential(*pointwise(), nn.ReLU(),
-                           nn.Conv2d(width, width, (kernel_size, 1),
-                                     padding=((kernel_size - 1) * d // 2, 0), dilation=(d, 1)),
-                           nn.BatchNorm2d(width)) for d in dilations]
-            + [nn.Sequential(*pointwise(), nn.ReLU(), nn.MaxPool2d((3, 1), stride=1, padding=(1, 0)),
-                             nn.BatchNorm2d(width)),
-               nn.Sequential(*pointwise())]
+            [TemporalBranch(dim, width, kernel_size, dilation) for dilation in dilations]
+            + [TemporalBranch(dim, width, pool=True), TemporalBranch(dim, width)]
         )
 
     def forward(self, x):
-        return torch.relu(torch.cat([self._run(branch, x) for branch in self.branches], dim=1) + x)
+        return torch.relu(torch.cat([self.branch(branch, branch.opener(x)) for branch in self.branches], dim=1) + x)
 
-    def _run(self, branch, x):
-        layers = list(branch)
-        i = 0
-        while i < len(layers):
-            if isinstance(layers[i], nn.BatchNorm2d):
-                after = layers[i + 1] if i + 1 < len(layers) else None
-                activation = after if isinstance(after, nn.ReLU) else None
-                x = self.ops.batch_norm_prelu(x, layers[i], activation)
-                i += 1 if activation is None else 2
-            else:
-                x = layers[i](x)
-                i += 1
-        return x
+    def branch(self, branch, opened):
+        """A branch's output from its 1x1 convolution's: BatchNorm (and ReLU), then the temporal
+        convolution or max-pool and BatchNorm."""
+        h = self.ops.batch_norm_prelu(opened, branch.opener_norm, branch.activation)
+        if branch.temporal is None:
+            return h
+        return self.ops.batch_norm_prelu(branch.temporal(h), branch.norm)
 
 
 POOLINGS = ("mean", "sum")
@@ -76,16 +87,16 @@ def present_persons(x):
 
 
 class STRLLayer(nn.Module):
-    temporal_class = MultiScaleTemporalConv
+    """Spatial modelling, update and multi-scale temporal convolution (Eq. 3 and 4)."""
 
-    def __init__(self, dim, num_layers, adjacency, ops, learn_eps=False, pooling="mean"):
+    def __init__(self, dim, num_layers, adjacency, ops=None, learn_eps=False, pooling="mean"):
         super().__init__()
-        self.ops = ops
+        self.ops = ReferenceOps() if ops is None else ops
         self.pooling = pooling
-        self.encoder = GINEncoder(dim, num_layers, adjacency, ops, learn_eps)  # a copy of G_E
+        self.encoder = GINEncoder(dim, num_layers, adjacency, self.ops, learn_eps)  # a copy of G_E
         self.residual = nn.Linear(dim, dim)  # the 1x1 convolution around spatial modelling
         self.update = nn.Linear(dim, dim)  # W of Eq. 4
-        self.temporal = self.temporal_class(dim, ops=ops)
+        self.temporal = MultiScaleTemporalConv(dim, ops=self.ops)
 
     def spatial_update(self, h, interaction):
         """Eq. 3 and 4: ReLU(W (H + Repeat(interaction) + R H)); the interaction [N, T, D] is
@@ -116,14 +127,11 @@ class STRL(nn.Module):
     embedding of each joint) and ``num_strl_layers`` STRL layers. ``pooling`` is the spatial
     pooling of Eq. 3 (see STRLLayer.pool). Padded (all-zero) persons get zero features
     throughout and take no part in the pooling; in training mode they count in the BatchNorm
-    statistics, as in SkeletonMAE (its docstring says why). ``backend`` is ignored here (plain PyTorch);
-    kept so both twins take the same arguments."""
-
-    make_ops = staticmethod(reference_ops_for)
-    layer_class = STRLLayer
+    statistics, as in SkeletonMAE (its docstring says why). ``ops``: the implementation of the
+    hot spots (an ops.Ops); None: this package's plain PyTorch."""
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3, num_frames=64,
-                 num_strl_layers=3, learn_eps=False, backend="auto", pooling="mean", joint_embedding=True):
+                 num_strl_layers=3, learn_eps=False, pooling="mean", joint_embedding=True, ops=None):
         super().__init__()
         check_positive_ints(in_channels=in_channels, embed_dim=embed_dim, num_layers=num_layers,
                             num_frames=num_frames, num_strl_layers=num_strl_layers)
@@ -131,8 +139,7 @@ class STRL(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.layout, self.in_channels, self.num_frames = get_layout(layout), in_channels, num_frames
         adjacency = self.layout.adjacency()
-        ops = self.make_ops(backend)
-        self.ops = ops
+        self.ops = ops = ReferenceOps() if ops is None else ops
         self.embedding = nn.Linear(in_channels, embed_dim)
         self.position = nn.Parameter(torch.zeros(num_frames, embed_dim))
         nn.init.trunc_normal_(self.position, std=0.02)
@@ -143,7 +150,7 @@ class STRL(nn.Module):
             self.joint_position = nn.Parameter(torch.zeros(self.layout.num_joints, embed_dim))
             nn.init.trunc_normal_(self.joint_position, std=0.02)
         self.layers = nn.ModuleList(
-            [self.layer_class(embed_dim, num_layers, adjacency, ops, learn_eps, pooling)
+            [STRLLayer(embed_dim, num_layers, adjacency, ops, learn_eps, pooling)
              for _ in range(num_strl_layers)]
         )
 
@@ -173,13 +180,13 @@ class SSLClassifier(nn.Module):
     keep their pre-trained weights and stay in eval mode. ``pooling="mean"`` and
     ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
     joint_embedding=False`` is the paper's model as written. ``dropout`` drops pooled features
-    before the head in training. ``backend`` is ignored here (plain
-    PyTorch); it is kept so both twins take the same arguments.
+    before the head in training. ``ops``: the implementation of the hot spots (an ops.Ops);
+    None: this package's plain PyTorch.
     """
 
     def __init__(self, num_classes, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
-                 num_frames=64, num_persons=2, freeze_encoder=False, backend="auto",
-                 num_strl_layers=3, learn_eps=False, pooling="mean", joint_embedding=True, dropout=0.0):
+                 num_frames=64, num_persons=2, freeze_encoder=False,
+                 num_strl_layers=3, learn_eps=False, pooling="mean", joint_embedding=True, dropout=0.0, ops=None):
         super().__init__()
         check_positive_ints(num_classes=num_classes, num_persons=num_persons)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -187,15 +194,13 @@ class SSLClassifier(nn.Module):
         self.layout = get_layout(layout)
         self.in_channels, self.num_frames, self.num_persons = in_channels, num_frames, num_persons
         self.freeze_encoder = freeze_encoder
-        self.strl = self.strl_class(self.layout, in_channels, embed_dim, num_layers, num_frames,
-                                    num_strl_layers, learn_eps, backend, pooling, joint_embedding)
+        self.strl = STRL(self.layout, in_channels, embed_dim, num_layers, num_frames, num_strl_layers, learn_eps,
+                         pooling, joint_embedding, ops)
         self.dropout = nn.Dropout(dropout)  # on the pooled features, before the head
         self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes))
         if freeze_encoder:
             for module in self.encoder_modules():
                 module.requires_grad_(False)
-
-    strl_class = STRL
 
     def encoder_modules(self):
         """The pre-trained parts: the joint embedding and each layer's encoder copy."""

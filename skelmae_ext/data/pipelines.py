@@ -1,5 +1,5 @@
 """Pipelines: ``Compose`` of transforms built from PYSKL-style configs ``dict(type=...,
-**kwargs)``, and the default pipelines (DESIGN.md section 7) as such config lists, which a
+**kwargs)``, and the default pipelines (docs/design.md section 7) as such config lists, which a
 command line can print and override, with the augmentation magnitudes they use: tune them here."""
 
 from .transforms import TRANSFORMS, Transform

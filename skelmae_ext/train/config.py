@@ -35,7 +35,7 @@ _TRAIN = {"work_dir": None, "epochs": 50, "batch_size": 16, "seed": 0, "device":
           "sync_bn": False, "dist_timeout": DIST_TIMEOUT}
 
 DEFAULTS = {
-    # DESIGN.md section 5: Adam 1.5e-4, no weight decay, no schedule; the paper's 50 epochs.
+    # docs/design.md section 5: Adam 1.5e-4, no weight decay, no schedule; the paper's 50 epochs.
     "pretrain": {
         "data": dict(_DATA, split=None),
         "model": {"embed_dim": 64, "num_layers": 3, "mask_strategy": "parts", "mask_parts": [3, 5],
@@ -45,7 +45,7 @@ DEFAULTS = {
                   "clip_grad_norm": None},
         "train": dict(_TRAIN),
     },
-    # DESIGN.md section 6 (SGD Nesterov, cosine schedule, label smoothing 0.1) as measured to
+    # docs/design.md section 6 (SGD Nesterov, cosine schedule, label smoothing 0.1) as measured to
     # generalise (benchmarks/README.md, "The classifier that learns"): weight decay 1e-3,
     # dropout 0.5 before the head, 30 epochs with 1 of warm-up (the paper: 110 and 5). The
     # encoder's widths ("auto") are the pre-trained checkpoint's (else the model's defaults).

@@ -1,4 +1,4 @@
-"""SSL classifier fine-tuning and linear probing (DESIGN.md section 6): ``finetune(config)``.
+"""SSL classifier fine-tuning and linear probing (docs/design.md section 6): ``finetune(config)``.
 
 With ``train.pretrained`` (a pre-training checkpoint or its work directory), the layout and the
 encoder's widths default to the checkpoint's, and each STRL layer's encoder starts from its

@@ -1,4 +1,4 @@
-"""SkeletonMAE pre-training (DESIGN.md section 5): ``pretrain(config)``."""
+"""SkeletonMAE pre-training (docs/design.md section 5): ``pretrain(config)``."""
 
 from . import distributed, engine, inputs
 from .checkpoint import construct

@@ -7,7 +7,7 @@ import torch
 
 from skelmae_ext import ops
 
-from conftest import DEVICE_BACKENDS, TOLERANCES, seeded, size_for, tracing_context
+from helpers import DEVICE_BACKENDS, TOLERANCES, seeded, size_for, tracing_context
 
 REDUCTIONS = ["mean", "sum", "none"]
 

@@ -2,16 +2,16 @@
 // the gradient of the loss for grad_output = 1, in one pass over the rows), of its backward
 // (that gradient scaled by grad_output) and of cosine_reconstruction_loss_grad (the gradient
 // times grad_output computed from the inputs, in the same pass: the CPU autograd's route when
-// the forward wrote no gradient, see ops.py).
+// the forward wrote no gradient, see skelmae_ext/ops/cosine_reconstruction_loss.py).
 //
 //   l_r  = max(1 - <p_r, t_r> / (max(|p_r|, 1e-12) * max(|t_r|, 1e-12)), 0) ^ beta
 //   mean = sum_r mask_r * l_r / max(sum_r mask_r, 1);  sum = sum_r mask_r * l_r;
 //   none = mask_r * l_r
 //   dl_r/dp_r = g * (t / (np * nt) - [|p| >= eps] * c * p / np^2),  g = -beta (1 - c)^(beta - 1)
-//   where 1 - c > 0, else 0 (NaN passes through every clamp: common/cosine_loss_math.h)
+//   where 1 - c > 0, else 0 (NaN passes through every clamp: common/cosine_reconstruction_loss_math.h)
 //   (and symmetrically for t_r), scaled by the row weight of the reduction.
 //
-// The per-row arithmetic is in common/cosine_loss_math.h (shared with CUDA). Rows run in
+// The per-row arithmetic is in common/cosine_reconstruction_loss_math.h (shared with CUDA). Rows run in
 // parallel; the loss sum is reduced over fixed chunks of rows, then the chunks in order. Rows
 // the mask leaves out are never read: their loss and gradient are zero.
 #include <ATen/Dispatch.h>
@@ -26,10 +26,10 @@
 #include <vector>
 
 #include "../common/checks.h"
-#include "../common/cosine_loss_math.h"
+#include "../common/cosine_reconstruction_loss_math.h"
+#include "../common/output_buffers.h"
 #include "channel_tiles.h"
 #include "cpu_isa.h"
-#include "output_buffers.h"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -121,7 +121,7 @@ inline void finish_streaming_stores() {
 struct LossInputs {
   LossInputs(const at::Tensor& pred_in, const at::Tensor& target_in, const std::optional<at::Tensor>& mask_in,
              double beta_in, c10::string_view reduction_name) {
-    check_cosine_loss_args(pred_in, target_in, mask_in, beta_in);
+    check_cosine_reconstruction_loss_args(pred_in, target_in, mask_in, beta_in);
     beta = beta_in;
     reduction = parse_reduction(reduction_name);
     pred = pred_in.contiguous();
@@ -193,7 +193,7 @@ void cosine_row_pass(const LossInputs& in, const RowPassOutputs<T>& out) {
     }
     finish_streaming_stores();
   };
-  at::parallel_for(0, num_chunks(rows, kRowsPerChunk), 1,
+  at::parallel_for(0, ceil_div(rows, kRowsPerChunk), 1,
                    [&](int64_t begin, int64_t end) { run_rows(chunk_rows, begin, end); });
 }
 
@@ -202,7 +202,7 @@ T* data_if(const at::Tensor& tensor, bool wanted) {
   return wanted ? tensor.data_ptr<T>() : nullptr;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& pred_in, const at::Tensor& target_in, const std::optional<at::Tensor>& mask_in,
     double beta, c10::string_view reduction_name, std::array<bool, 2> output_mask) {
   const LossInputs in(pred_in, target_in, mask_in, beta, reduction_name);
@@ -211,8 +211,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
   at::Tensor grad_pred = new_output(in.pred, output_mask[0]);
   at::Tensor grad_target = new_output(in.target, output_mask[1]);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "cosine_loss_cpu", [&] {
-    std::vector<double> chunk_sums(static_cast<size_t>(num_chunks(in.rows, kRowsPerChunk)), 0.0);  // long sums in double
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "cosine_reconstruction_loss_cpu", [&] {
+    std::vector<double> chunk_sums(static_cast<size_t>(ceil_div(in.rows, kRowsPerChunk)), 0.0);  // long sums in double
     RowPassOutputs<scalar_t> out;
     out.loss_rows = data_if<scalar_t>(loss, per_row);
     out.chunk_sums = chunk_sums.data();
@@ -232,12 +232,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cpu(
 // grad_output in place (no host round trip is needed on the CPU either).
 at::Tensor scale_rows(const at::Tensor& grad_output, const at::Tensor& gradient_in, bool needed) {
   if (!needed) return gradient_in.new_empty({0});
-  const bool per_row = check_loss_backward_args(grad_output, gradient_in);
+  const bool per_row = check_cosine_reconstruction_loss_backward_args(grad_output, gradient_in);
   const at::Tensor gradient = gradient_in.contiguous();
   const int64_t rows = gradient.size(0), channels = gradient.size(1);
   const at::Tensor scale = grad_output.contiguous().to(gradient.scalar_type());
   at::Tensor out = new_output(gradient);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gradient.scalar_type(), "cosine_loss_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gradient.scalar_type(), "cosine_reconstruction_loss_backward_cpu", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const scalar_t* scale_data = scale.data_ptr<scalar_t>();
     const scalar_t* in = gradient.data_ptr<scalar_t>();
@@ -255,26 +255,24 @@ at::Tensor scale_rows(const at::Tensor& grad_output, const at::Tensor& gradient_
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> cosine_loss_backward_cpu(const at::Tensor& grad_output,
-                                                           const at::Tensor& grad_pred,
-                                                           const at::Tensor& grad_target,
-                                                           std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_pred,
+                                                const at::Tensor& grad_target, std::array<bool, 2> output_mask) {
   return {scale_rows(grad_output, grad_pred, output_mask[0]),
           scale_rows(grad_output, grad_target, output_mask[1])};
 }
 
 // grad_output * d(loss)/d(pred) and / or d(loss)/d(target), from the inputs.
-std::tuple<at::Tensor, at::Tensor> cosine_loss_grad_cpu(
+std::tuple<at::Tensor, at::Tensor> grad_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& pred_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& mask_in, double beta, c10::string_view reduction_name,
     std::array<bool, 2> output_mask) {
   const LossInputs in(pred_in, target_in, mask_in, beta, reduction_name);
-  const bool per_row = check_loss_backward_args(grad_output_in, in.pred);
+  const bool per_row = check_cosine_reconstruction_loss_backward_args(grad_output_in, in.pred);
   const at::Tensor scale = grad_output_in.contiguous().to(in.pred.scalar_type());
   at::Tensor grad_pred = new_output(in.pred, output_mask[0]);
   at::Tensor grad_target = new_output(in.target, output_mask[1]);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "cosine_loss_grad_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "cosine_reconstruction_loss_grad_cpu", [&] {
     RowPassOutputs<scalar_t> out;
     out.grad_pred = data_if<scalar_t>(grad_pred, output_mask[0]);
     out.grad_target = data_if<scalar_t>(grad_target, output_mask[1]);
@@ -288,9 +286,9 @@ std::tuple<at::Tensor, at::Tensor> cosine_loss_grad_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(skelmae_ext, CPU, m) {
-  m.impl("cosine_reconstruction_loss", &cosine_loss_cpu);
-  m.impl("cosine_reconstruction_loss_backward", &cosine_loss_backward_cpu);
-  m.impl("cosine_reconstruction_loss_grad", &cosine_loss_grad_cpu);
+  m.impl("cosine_reconstruction_loss", &forward_cpu);
+  m.impl("cosine_reconstruction_loss_backward", &backward_cpu);
+  m.impl("cosine_reconstruction_loss_grad", &grad_cpu);
 }
 
 }  // namespace skelmae

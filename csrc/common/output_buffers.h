@@ -1,14 +1,14 @@
-// Output allocation for the CPU kernels: a cache of large buffers.
+// Output allocation for every kernel (the only new_output): CUDA outputs and small CPU outputs
+// come from PyTorch's allocators, large CPU outputs from a cache of buffers.
 //
 // A large CPU tensor from PyTorch's allocator is often fresh memory whose pages fault in one
 // 4 KiB page at a time on first touch: for the tens of MB a batch of skeleton graphs takes,
 // the faults cost several times the kernel itself, and a training step repeats the same sizes
 // every iteration. So the outputs of at least kCachedBytes come from a cache: a freed buffer is
 // kept (up to a limit in all: SKELMAE_CPU_CACHE_MB, default 2048, set by skelmae_ext at import;
-// 0 turns the cache off) and handed to
-// the next output of the same size, its pages already resident. New buffers of 4 MiB and more
-// are 2 MiB aligned and advised as transparent huge pages (Linux), which cuts the first-touch
-// cost about fivefold.
+// 0 turns the cache off) and handed to the next output of the same size, its pages already
+// resident. New buffers of 4 MiB and more are 2 MiB aligned and advised as transparent huge
+// pages (Linux): one fault per 2 MiB instead of per 4 KiB on first touch.
 #pragma once
 
 #include <ATen/ATen.h>

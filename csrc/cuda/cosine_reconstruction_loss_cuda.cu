@@ -5,10 +5,10 @@
 //   mean = sum_r mask_r * l_r / max(sum_r mask_r, 1);  sum = sum_r mask_r * l_r;
 //   none = mask_r * l_r
 //   dl_r/dp_r = g * (t / (np * nt) - [|p| >= eps] * c * p / np^2),  g = -beta (1 - c)^(beta - 1)
-//   where 1 - c > 0, else 0 (NaN passes through every clamp: common/cosine_loss_math.h)
+//   where 1 - c > 0, else 0 (NaN passes through every clamp: common/cosine_reconstruction_loss_math.h)
 //   (and symmetrically for t_r), scaled by the row weight of the reduction.
 //
-// The per-row arithmetic is common/cosine_loss_math.h, the code the CPU kernel runs (one
+// The per-row arithmetic is common/cosine_reconstruction_loss_math.h, the code the CPU kernel runs (one
 // channel per call here). A group of lanes of a warp takes a row: the lanes stride over the
 // channels (coalesced loads), a shuffle butterfly combines the three row sums, then the same
 // lanes write the gradient. The reduced loss is summed in two stages (per-block partials in
@@ -26,7 +26,7 @@
 #include <type_traits>
 
 #include "../common/checks.h"
-#include "../common/cosine_loss_math.h"
+#include "../common/cosine_reconstruction_loss_math.h"
 #include "kernel_utils.cuh"
 
 namespace skelmae {
@@ -159,11 +159,11 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(
     const at::Tensor& pred_in, const at::Tensor& target_in, const std::optional<at::Tensor>& mask_in,
     double beta, c10::string_view reduction_name, std::array<bool, 2> output_mask) {
   constexpr const char* kOp = "cosine_reconstruction_loss";
-  check_cosine_loss_args(pred_in, target_in, mask_in, beta);
+  check_cosine_reconstruction_loss_args(pred_in, target_in, mask_in, beta);
   check_device(kOp, "target", target_in, pred_in.device());
   if (mask_in.has_value()) check_device(kOp, "mask", *mask_in, pred_in.device());
   const Reduction reduction = parse_reduction(reduction_name);
@@ -187,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cuda(
   }
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "cosine_loss_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "cosine_reconstruction_loss_cuda", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const int64_t* counted_data = counted.has_value() ? counted->data_ptr<int64_t>() : nullptr;
     launch_rows(rows, channels, [&](auto lanes, int64_t blocks) {
@@ -215,20 +215,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_loss_cuda(
 }
 
 // The saved gradients scaled by grad_output, read on the device (0-d, or one value per row).
-std::tuple<at::Tensor, at::Tensor> cosine_loss_backward_cuda(const at::Tensor& grad_output,
-                                                            const at::Tensor& grad_pred_in,
-                                                            const at::Tensor& grad_target_in,
-                                                            std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_pred_in,
+                                                 const at::Tensor& grad_target_in, std::array<bool, 2> output_mask) {
   constexpr const char* kOp = "cosine_reconstruction_loss_backward";
   const auto [need_pred, need_target] = output_mask;
   at::Tensor out_pred = new_output(grad_pred_in, need_pred);
   at::Tensor out_target = new_output(grad_target_in, need_target);
   if (!need_pred && !need_target) return {out_pred, out_target};
   const at::Tensor& like = need_pred ? grad_pred_in : grad_target_in;
-  const bool per_row = check_loss_backward_args(grad_output, like);
-  TORCH_CHECK(!(need_pred && need_target) || grad_target_in.sizes() == grad_pred_in.sizes(), kOp,
-              ": saved gradients of different shapes ", grad_pred_in.sizes(), " and ",
-              grad_target_in.sizes());
+  const bool per_row = check_cosine_reconstruction_loss_backward_args(grad_output, like);
+  if (need_pred && need_target) check_same_shape(kOp, "grad_target", grad_target_in, "grad_pred", grad_pred_in);
   check_device(kOp, "grad_output", grad_output, like.device());
   if (need_pred && need_target) check_device(kOp, "grad_target", grad_target_in, like.device());
   const c10::cuda::CUDAGuard guard(like.device());
@@ -238,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_loss_backward_cuda(const at::Tensor& g
   const int64_t rows = like.size(0), channels = like.size(1);
   if (rows == 0) return {out_pred, out_target};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "cosine_loss_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "cosine_reconstruction_loss_backward_cuda", [&] {
     using Acc = at::opmath_type<scalar_t>;
     const auto data = [](const at::Tensor& t, bool needed) {
       return needed ? t.data_ptr<scalar_t>() : nullptr;
@@ -257,8 +253,8 @@ std::tuple<at::Tensor, at::Tensor> cosine_loss_backward_cuda(const at::Tensor& g
 }  // namespace
 
 TORCH_LIBRARY_IMPL(skelmae_ext, CUDA, m) {
-  m.impl("cosine_reconstruction_loss", &cosine_loss_cuda);
-  m.impl("cosine_reconstruction_loss_backward", &cosine_loss_backward_cuda);
+  m.impl("cosine_reconstruction_loss", &forward_cuda);
+  m.impl("cosine_reconstruction_loss_backward", &backward_cuda);
 }
 
 }  // namespace skelmae

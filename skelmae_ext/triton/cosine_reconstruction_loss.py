@@ -10,7 +10,7 @@ Gradient, with g = dl/dc = -beta * (1 - c) ^ (beta - 1) where 1 - c > 0, else 0:
     dl/dt = g * (p / (np * nt) - [|t| >= eps] * c * t / nt^2)
 (the clamps pass no gradient where they bind, as torch's clamp_min), times the row weight
 mask_r / max(sum(mask), 1) for "mean", mask_r for "sum" and "none". The maxima and comparisons
-let NaN through, as the C++ kernels' shared math (csrc/common/cosine_loss_math.h) and the
+let NaN through, as the C++ kernels' shared math (csrc/common/cosine_reconstruction_loss_math.h) and the
 reference path: a row holding NaN or inf has a NaN loss and NaN gradients.
 
 The forward kernel (one program per block of rows) writes the loss (per row, or per-program
@@ -177,16 +177,26 @@ def _blocks(channels):
     return TILE_ELEMENTS // block_c, block_c
 
 
-def cosine_loss_forward(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, beta: float,
-    reduction: str, output_mask: list[bool],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_args(pred, target, mask, beta, reduction):
     # The public wrapper gives the user-facing errors; these guard direct torch.ops calls.
     torch._check(pred.dim() == 2 and target.shape == pred.shape, lambda: "pred and target must be [R, C]")
     torch._check(mask is None or mask.shape == pred.shape[:1], lambda: "mask must be [R]")
     torch._check(reduction in ("mean", "sum", "none"),
                  lambda: f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     torch._check(beta > 0, lambda: "beta must be > 0")
+
+
+def _check_backward_args(grad_output, num_rows):
+    per_row = grad_output.dim() == 1
+    torch._check(grad_output.numel() == (num_rows if per_row else 1),
+                 lambda: f"grad_output must be 0-d or [{num_rows}]")
+
+
+def cosine_reconstruction_loss_forward(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, beta: float,
+    reduction: str, output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_args(pred, target, mask, beta, reduction)
     need_pred, need_target = output_mask
     pred, target = pred.contiguous(), target.contiguous()
     mask = None if mask is None else mask.contiguous()
@@ -214,7 +224,7 @@ def cosine_loss_forward(
     return loss, grad_pred, grad_target
 
 
-def cosine_loss_backward(
+def cosine_reconstruction_loss_backward(
     grad_output: torch.Tensor, grad_pred: torch.Tensor, grad_target: torch.Tensor,
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,8 +235,7 @@ def cosine_loss_backward(
     if need_pred or need_target:
         num_rows, channels = (grad_pred if need_pred else grad_target).shape
         per_row = grad_output.dim() == 1
-        torch._check(grad_output.numel() == (num_rows if per_row else 1),
-                     lambda: f"grad_output must be 0-d or [{num_rows}]")
+        _check_backward_args(grad_output, num_rows)
         block_r, block_c = _blocks(channels)
         grid = (triton.cdiv(num_rows, block_r), triton.cdiv(channels, block_c))
         wrap_triton(_scale_rows_kernel)[grid](

@@ -209,7 +209,7 @@ def _check_args(x, mask, token, adjacency, eps):
     torch._check(mask is None or mask.shape == (graphs, joints), lambda: f"mask must be [{graphs}, {joints}]")
 
 
-def graph_conv_forward(
+def masked_graph_conv_forward(
     x: torch.Tensor, mask: torch.Tensor | None, token: torch.Tensor, adjacency: torch.Tensor,
     eps: torch.Tensor,
 ) -> torch.Tensor:
@@ -226,7 +226,7 @@ def graph_conv_forward(
     return y
 
 
-def graph_conv_backward(
+def masked_graph_conv_backward(
     grad_output: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, token: torch.Tensor,
     adjacency: torch.Tensor, eps: torch.Tensor, output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
