@@ -42,6 +42,8 @@ _RUN = [
                                              help="persons per sample (auto: the most in the data, at most 2)")),
     ("--feats", "data.feats", dict(nargs="+", choices=FEATS, help="input features: joint, bone, and their motions")),
     ("--workers", "data.workers", dict(type=_auto_int, metavar="K", help="loader worker processes")),
+    ("--repeat", "data.repeat", dict(type=_auto_int, metavar="R", help="passes over the training split an epoch "
+                                                                       "(auto: enough for 2000 samples)")),
     ("--epochs", "train.epochs", dict(type=int)),
     ("--batch-size", "train.batch_size", dict(type=int)),
     ("--lr", "optim.lr", dict(type=float, help="learning rate (auto: base_lr scaled by batch / base_batch_size)")),

@@ -43,6 +43,7 @@ class Budget:
     batch_size: int
     test_clips: int  # the test's clips per sequence, softmax averaged
     per_class: int = None  # None: whole splits; else the first N sequences of each class of each split
+    repeat: int = 1  # passes over the training data an epoch (the library's "auto" would repeat a 10% subset 10 times)
 
 
 BUDGETS = {
@@ -101,13 +102,15 @@ def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, ec
 
     echo(f"[1/4] pre-training SkeletonMAE on {TRAIN_SPLIT} ({counts[TRAIN_SPLIT]} sequences, labels unused), "
          f"{budget.pretrain_epochs} epochs, clips of {budget.clip_len} frames")
-    pretrained = pretrain({"data": {"source": source, "split": TRAIN_SPLIT, "clip_len": budget.clip_len},
+    pretrained = pretrain({"data": {"source": source, "split": TRAIN_SPLIT, "clip_len": budget.clip_len,
+                                    "repeat": budget.repeat},
                            "train": dict(run_options, work_dir=runs["pretrain"])})
 
     echo(f"[2/4] fine-tuning the SSL classifier on {budget.label_fraction:.0%} of the {TRAIN_SPLIT} labels "
          f"(class-balanced), {budget.finetune_epochs} epochs, from the pre-trained encoder and from scratch")
     finetuning = {"data": {"source": source, "train_split": TRAIN_SPLIT, "val_split": VAL_SPLIT,
-                           "clip_len": budget.clip_len, "label_fraction": budget.label_fraction},
+                           "clip_len": budget.clip_len, "label_fraction": budget.label_fraction,
+                           "repeat": budget.repeat},
                   "optim": {"warmup_epochs": budget.warmup_epochs}}
     for name, start in (("finetune_pretrained", runs["pretrain"]), ("finetune_scratch", None)):
         finetune(dict(finetuning, train=dict(run_options, epochs=budget.finetune_epochs, work_dir=runs[name],

@@ -206,7 +206,7 @@ def few_dozen_steps(work_dir, model=None):
     training split, 13 steps each; returns the log's losses and the STRL layers' largest
     activations on a real training batch afterwards."""
     train.finetune({"data": {"source": BUNDLED, "train_split": "xstyle_train", "val_split": "xstyle_val",
-                             "clip_len": 16, "label_fraction": 0.1},
+                             "clip_len": 16, "label_fraction": 0.1, "repeat": 1},
                     "model": model or {},
                     "train": {"work_dir": str(work_dir), "epochs": 3, "threads": 1, "log_every_steps": 3,
                               "save_every": 0, "val_every": 0}})

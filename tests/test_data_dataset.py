@@ -153,9 +153,30 @@ def test_evaluation_shards_hold_each_sample_once():
         assert [len(shard) for shard in shards] == [len(range(rank, 23, world)) for rank in range(world)]
 
 
+def test_repeated_epochs_are_consecutive_plain_epochs():
+    """repeat R: epoch e is the plain epochs e*R .. e*R+R-1 one after the other (each pass its
+    own permutation and its own random draws), and a rank's share is still one process's."""
+    class Plain(Numbered):
+        pass
+    repeated = list(EpochSampler(Numbered(), True, 5, repeat=3))
+    expected = []
+    for draw in range(3 * Numbered.epoch, 3 * Numbered.epoch + 3):
+        Plain.epoch = draw
+        expected += list(EpochSampler(Plain(), True, 5))
+    assert repeated == expected and len(EpochSampler(Numbered(), True, 5, repeat=3)) == 69
+    assert sorted(index for index, _ in repeated) == sorted(list(range(23)) * 3)
+    shards = [list(EpochSampler(Numbered(), True, 5, rank=rank, world_size=2, drop_last=True, repeat=3))
+              for rank in range(2)]
+    assert [pair for pairs in zip(*shards) for pair in pairs] == expected[:68]
+    assert list(EpochSampler(Numbered(), False, 0, repeat=2)) == [(i, 2 * 3 + c) for c in range(2) for i in range(23)]
+
+
 def test_sampler_errors():
     with pytest.raises(ValueError, match=r"rank must be in 0..1 \(world_size 2\), got 2"):
         EpochSampler(Numbered(), True, 0, rank=2, world_size=2)
+    for repeat in (0, 1.5, True):
+        with pytest.raises(ValueError, match=rf"repeat must be an integer >= 1, got {repeat!r}"):
+            EpochSampler(Numbered(), True, 0, repeat=repeat)
     sampler = EpochSampler(Numbered(), True, 0, rank=0, world_size=2)
     sampler.start = 3
     with pytest.raises(ValueError, match="start must be a multiple of world_size 2, got 3"):

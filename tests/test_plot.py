@@ -21,7 +21,7 @@ from skelmae_ext.train import inputs
 
 # (height, width) in pixels of each kind's PNG: the sizes the module documents (SIZES at DPI)
 PIXELS = {"curves": (450, 1500), "confusion": (800, 900), "reconstruction": (900, 1200), "tsne": (700, 1000)}
-TINY = {"clip_len": 8}
+TINY = {"clip_len": 8, "repeat": 1}
 TINY_TRAIN = {"epochs": 3, "batch_size": 4, "threads": 1, "save_every": 0}
 
 

@@ -27,7 +27,7 @@ def finetuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluate")
     data, layout = write_stick(folder)
     train.finetune({"data": {"source": data, "train_split": "train", "val_split": "val", "layout": layout,
-                             "clip_len": 8},
+                             "clip_len": 8, "repeat": 1},
                     "model": {"embed_dim": 8}, "train": {"work_dir": str(folder / "ssl"), "epochs": 1,
                                                          "batch_size": 4, "threads": 1}})
     torch.set_num_threads(threads)  # the run set this process's threads

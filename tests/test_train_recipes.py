@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from skelmae_ext import train
-from skelmae_ext.train import ConfigError, config, engine
+from skelmae_ext.train import ConfigError, config, engine, inputs
 
 from runs import load, write_stick
 
@@ -40,7 +41,7 @@ def test_learning_rate_scales_with_the_batch():
 def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipes")
     data, layout = write_stick(folder)
-    train.pretrain({"data": {"source": data, "split": "train", "layout": layout, "clip_len": 8},
+    train.pretrain({"data": {"source": data, "split": "train", "layout": layout, "clip_len": 8, "repeat": 1},
                     "model": {"embed_dim": 8}, "train": {"work_dir": folder / "mae", "epochs": 1, "batch_size": 4,
                                                          "threads": 1}})
     return folder, data
@@ -48,8 +49,8 @@ def pretrained(tmp_path_factory):
 
 def finetune(folder, data, name, **options):
     model = options.pop("model", {})
-    return train.finetune({"data": dict({"source": data, "train_split": "train", "val_split": "val", "clip_len": 8},
-                                        **options),
+    return train.finetune({"data": dict({"source": data, "train_split": "train", "val_split": "val", "clip_len": 8,
+                                         "repeat": 1}, **options),
                            "model": model, "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2,
                                                      "threads": 1, "pretrained": folder / "mae"}})
 
@@ -73,6 +74,16 @@ def test_label_fraction_trains_on_a_class_balanced_subset(pretrained):
     result = finetune(folder, data, "tenth", label_fraction=0.5)
     assert result["step"] == 2 * 3  # 2 of each class's 4 samples: 6, 3 batches of 2 per epoch
     assert finetune(folder, data, "all")["step"] == 2 * 6
+
+
+def test_repeat_auto_passes_over_a_small_split_until_an_epoch_is_long_enough(pretrained, monkeypatch):
+    assert [inputs.resolve_repeat("auto", n) for n in (1, 12, 1999, 2000, 5000)] == [2000, 167, 2, 1, 1]
+    assert inputs.resolve_repeat(3, 5000) == 3
+    folder, data = pretrained
+    monkeypatch.setattr(inputs, "REPEAT_TO", 12)  # the 6 labelled samples twice an epoch
+    result = finetune(folder, data, "repeated", label_fraction=0.5, repeat="auto")
+    assert result["step"] == 2 * 6  # 2 epochs of 12 samples in batches of 2
+    assert yaml.safe_load((folder / "repeated" / "config.yaml").read_text())["data"]["repeat"] == 2
 
 
 def test_api_takes_paths_and_partial_configurations(pretrained, tmp_path):

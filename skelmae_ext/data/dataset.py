@@ -125,6 +125,10 @@ class EpochSampler(torch.utils.data.Sampler):
     """Yields ``(index, epoch)``: every index of ``dataset`` once, shuffled by ``(seed, epoch)``
     when ``shuffle``, with the ``dataset.epoch`` current when the iteration starts.
 
+    ``repeat`` > 1 (PYSKL's RepeatDataset) makes an epoch ``repeat`` passes, each its own
+    permutation with its own random draws: pass ``c`` of epoch ``e`` is yielded as the epoch
+    ``e * repeat + c`` (so ``repeat`` 1 is the plain order).
+
     ``start`` skips the first ``start`` indices of each epoch's order (set it before iterating:
     a run resumed in the middle of an epoch goes on from there without loading what it did).
 
@@ -135,17 +139,19 @@ class EpochSampler(torch.utils.data.Sampler):
     multiple of ``world_size`` so that every process yields as many (training); without it the
     last indices go to the first ranks, none twice and none padded (evaluation)."""
 
-    def __init__(self, dataset, shuffle, seed, rank=0, world_size=1, drop_last=False):
+    def __init__(self, dataset, shuffle, seed, rank=0, world_size=1, drop_last=False, repeat=1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1} (world_size {world_size}), got {rank!r}")
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.rank, self.world_size, self.drop_last, self.repeat = rank, world_size, drop_last, int(repeat)
         self.start = 0
 
     def _positions(self):
         if self.start % self.world_size:
             raise ValueError(f"start must be a multiple of world_size {self.world_size}, got {self.start}")
-        count = len(self.dataset)
+        count = len(self.dataset) * self.repeat
         end = count - count % self.world_size if self.drop_last else count
         return range(self.start + self.rank, end, self.world_size)
 
@@ -153,10 +159,10 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(self._positions())
 
     def __iter__(self):
-        epoch = self.dataset.epoch
-        order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)) if self.shuffle
-                 else np.arange(len(self.dataset)))
-        return ((int(order[position]), epoch) for position in self._positions())
+        count, passes = len(self.dataset), range(self.dataset.epoch * self.repeat, (self.dataset.epoch + 1) * self.repeat)
+        order = np.concatenate([np.random.default_rng([self.seed, draw]).permutation(count) if self.shuffle
+                                else np.arange(count) for draw in passes])
+        return ((int(order[position]), passes[position // count]) for position in self._positions())
 
 
 def default_workers():
@@ -176,17 +182,19 @@ def _seed_worker(worker_id):
 
 
 def make_loader(dataset, batch_size, *, shuffle=True, workers=None, seed=None, drop_last=False, device="cpu",
-                persistent_workers=True, rank=0, world_size=1):
+                persistent_workers=True, rank=0, world_size=1, repeat=1):
     """A DataLoader over a SkeletonDataset: the epoch's order from ``(seed, epoch)`` (``seed``
     defaults to the dataset's), ``workers`` processes (None: ``default_workers()``; 0 loads in
     this process), each seeded; pinned memory when ``device`` is a CUDA device. Call
     ``dataset.set_epoch(epoch)`` before iterating each epoch. With several processes, process
-    ``rank`` of ``world_size`` loads its share (``EpochSampler``) in batches of ``batch_size``."""
+    ``rank`` of ``world_size`` loads its share (``EpochSampler``) in batches of ``batch_size``.
+    ``repeat`` passes over the dataset make one epoch (``EpochSampler``)."""
     if not isinstance(dataset, SkeletonDataset):
         raise DataError(f"make_loader takes a SkeletonDataset, got {type(dataset).__name__}")
     workers = default_workers() if workers is None else workers
     seed = dataset.seed if seed is None else seed
-    sampler = EpochSampler(dataset, shuffle, seed, rank=rank, world_size=world_size, drop_last=drop_last)
+    sampler = EpochSampler(dataset, shuffle, seed, rank=rank, world_size=world_size, drop_last=drop_last,
+                           repeat=repeat)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=torch.device(device).type == "cuda", drop_last=drop_last, worker_init_fn=_seed_worker,

@@ -27,7 +27,8 @@ AUTO = "auto"
 # library's default batch 16 (the paper's "batch 1024" has no clear unit: paper-notes A10).
 DIST_TIMEOUT = 600  # s: a compiling or checkpointing process keeps the others waiting for less
 _DATA = {"source": None, "layout": AUTO, "clip_len": 64, "num_person": AUTO, "feats": ["j"],
-         "with_score": False, "augment": True, "augmentation": dict(AUGMENTATION), "workers": AUTO}
+         "with_score": False, "augment": True, "augmentation": dict(AUGMENTATION), "workers": AUTO,
+         "repeat": AUTO}
 _TRAIN = {"work_dir": None, "epochs": 50, "batch_size": 16, "seed": 0, "device": AUTO, "threads": AUTO,
           "amp": False, "amp_dtype": "bfloat16", "compile": False, "save_every": 10, "save_every_steps": 0,
           "log_every_steps": 50, "resume": AUTO,
@@ -82,6 +83,10 @@ SCHEDULES = ("constant", "cosine")
 FEATS = ("j", "b", "jm", "bm")
 AMP_DTYPES = ("bfloat16", "float16")
 MAX_PERSONS = 2  # num_person "auto" pads to the data's largest count, at most PYSKL's 2
+# data.repeat "auto": a small training split (a label fraction, a small dataset) is passed over
+# several times an epoch, so that an epoch is at least this many samples (PYSKL's RepeatDataset)
+# and the epochs of the recipes mean about as many steps on any data.
+REPEAT_TO = 2000
 
 
 class ConfigError(ValueError):
@@ -183,6 +188,7 @@ CHECKS = {
     "data.layout": lambda value: value if isinstance(value, dict) else _text(value), "data.clip_len": _positive_int, "data.num_person": _auto_or(_positive_int),
     "data.feats": _list(_choice(*FEATS), f"features {list(FEATS)}"), "data.with_score": _boolean,
     "data.augment": _boolean, "data.augmentation": _augmentation, "data.workers": _auto_or(_count),
+    "data.repeat": _auto_or(_positive_int),
     "data.label_fraction": _real(0.0, 1.0), "data.val_clips": _positive_int,
     "model": _mapping,
     "optim.optimizer": _choice(*OPTIMIZERS), "optim.lr": _auto_or(_positive), "optim.base_lr": _positive,

@@ -158,8 +158,10 @@ class _Trainer:
                 self.model = sync_batch_norm.convert(self.model, self.device)
             self.parallel = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.loader = inputs.loader(plan.train_set, self.train["batch_size"], self.config["data"]["workers"],
-                                    self.device, train=True)
+        data = self.config["data"]
+        data["repeat"] = inputs.resolve_repeat(data["repeat"], len(plan.train_set))
+        self.loader = inputs.loader(plan.train_set, self.train["batch_size"], data["workers"], self.device, train=True,
+                                    repeat=data["repeat"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.config['data']['source']}: the training split has {len(plan.train_set)} samples, "

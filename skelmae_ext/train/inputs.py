@@ -5,7 +5,7 @@ options stand for, and the datasets and loaders its ``data`` configuration secti
 from ..data import DataError, SkeletonDataset, default_pipeline, layout_for_joints, load_annotations, make_loader
 from ..layouts import BUILTIN_LAYOUTS, get_layout
 from . import distributed
-from .config import AUTO, MAX_PERSONS, ConfigError
+from .config import AUTO, MAX_PERSONS, REPEAT_TO, ConfigError
 
 
 def read(source, splits):
@@ -29,13 +29,19 @@ def dataset(data, data_config, split, layout, num_person, *, mode, num_clips=1, 
                            name=data_config["source"])
 
 
-def loader(dataset, batch_size, workers, device, *, train, key="train.batch_size"):
-    """This process's loader of ``dataset``: training, shuffled by (seed, epoch), the last
-    partial batch dropped; else in file order. With several processes, each loads its share
-    of every batch (``batch_size`` is the global batch; ``key`` names it in the error when it
-    does not divide over them)."""
+def loader(dataset, batch_size, workers, device, *, train, key="train.batch_size", repeat=1):
+    """This process's loader of ``dataset``: training, shuffled by (seed, epoch), ``repeat``
+    passes an epoch, the last partial batch dropped; else in file order. With several
+    processes, each loads its share of every batch (``batch_size`` is the global batch; ``key``
+    names it in the error when it does not divide over them)."""
     return make_loader(dataset, distributed.local_batch(batch_size, key), shuffle=train, workers=workers,
-                       drop_last=train, device=device, rank=distributed.rank(), world_size=distributed.world_size())
+                       drop_last=train, device=device, rank=distributed.rank(), world_size=distributed.world_size(),
+                       repeat=repeat)
+
+
+def resolve_repeat(repeat, samples):
+    """data.repeat: "auto" is as many passes as make an epoch at least REPEAT_TO samples."""
+    return max(1, -(-REPEAT_TO // max(samples, 1))) if repeat == AUTO else repeat
 
 
 def _dims(data, split, where):
