@@ -113,12 +113,12 @@ def test_padded_graphs_count_in_batch_norm_statistics(twin):
     x = real_batch(count=2, clip_len=8)[0].double()
     assert (x[:, 1] == 0).all()  # the padded person
     layer = model.encoder.gin.layers[0]
-    norm = layer.mlp[1]
+    norm = layer.mlp.norm
     mask = model(x).mask.reshape(-1, 17)
     h = embedded(model, x).reshape(-1, 17, model.embed_dim)
     h = torch.where(mask[..., None], model.mask_token, h)
     adjacency = layouts.get_layout("coco").adjacency().double()
-    rows = (h + adjacency @ h) @ layer.first_linear.weight.t() + layer.first_linear.bias  # eps = 0
+    rows = (h + adjacency @ h) @ layer.mlp.first.weight.t() + layer.mlp.first.bias  # eps = 0
     rows = rows.reshape(-1, model.embed_dim)
     momentum = norm.momentum
     torch.testing.assert_close(norm.running_mean, momentum * rows.mean(0))

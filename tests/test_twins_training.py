@@ -112,7 +112,7 @@ def fold_decoder(model):
 
 def fold_encoder(model):
     outer, inner = cancelling_pair(64, 64, 4, seed=2)  # columns: the embedding's 2, its bias, the token
-    model.encoder.gin.layers[0].first_linear.weight.copy_(outer)
+    model.encoder.gin.layers[0].mlp.first.weight.copy_(outer)
     model.encoder.embedding.weight.copy_(inner[:, :2])
     model.encoder.embedding.bias.copy_(inner[:, 2])
     model.mask_token.copy_(inner[:, 3])
