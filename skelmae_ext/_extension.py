@@ -105,7 +105,7 @@ def _truncated_library(spec):
     file that is not ELF: the loader's own errors apply). A truncated library passes dlopen's
     first checks, then touching its mapped pages past the end of the file raises SIGBUS, which
     kills the process before Python can catch anything. Reads the headers only (about 1 KB)."""
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+    if not spec.origin or not os.path.isfile(spec.origin):
         return None
     with open(spec.origin, "rb") as library:
         size = os.fstat(library.fileno()).st_size

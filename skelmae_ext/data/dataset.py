@@ -22,6 +22,7 @@ import signal
 
 import numpy as np
 import torch
+from skelmae_reference.layouts import is_index
 
 from .pipelines import Compose, default_pipeline
 from .readers import load_annotations
@@ -57,7 +58,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
                  with_score=False, name=None):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_index(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if not 0 < label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
@@ -87,7 +88,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch):
         """The epoch whose random draws the samples take (see the module docstring)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        if not is_index(epoch) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = int(epoch)
 
@@ -142,7 +143,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __init__(self, dataset, shuffle, seed, rank=0, world_size=1, drop_last=False, repeat=1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1} (world_size {world_size}), got {rank!r}")
-        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+        if not is_index(repeat) or repeat < 1:
             raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
         self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
         self.rank, self.world_size, self.drop_last, self.repeat = rank, world_size, drop_last, int(repeat)
