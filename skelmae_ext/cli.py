@@ -17,7 +17,7 @@ import traceback
 import yaml
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from skelmae_reference.models import MASK_STRATEGIES, TARGETS
+from skelmae_reference.models import LOSSES, MASK_STRATEGIES, TARGETS
 
 from . import demo, plot
 from .data import DataError, describe, format_description
@@ -72,13 +72,16 @@ OPTIONS = {
         ("--split", "data.split", dict(help="the split to pre-train on")),
         ("--mask-strategy", "model.mask_strategy", dict(choices=MASK_STRATEGIES)),
         ("--mask-parts", "model.mask_parts", dict(type=int, nargs="+", metavar="P", help="body parts masked")),
-        ("--target", "model.target", dict(choices=TARGETS, help="reconstruction target")),
+        ("--target", "model.target", dict(choices=TARGETS, help="reconstruction target (the paper: input)")),
+        ("--loss", "model.loss", dict(choices=LOSSES, help="reconstruction error")),
+        ("--remask", "model.remask", dict(action="store_const", const=True, help="the decoder sees masked joints' "
+                                                                                 "codes as zeros (the paper)")),
     ],
     "finetune": _RUN + [
         ("--train-split", "data.train_split", dict()),
         ("--val-split", "data.val_split", dict()),
-        ("--pretrained", "train.pretrained", dict(metavar="CKPT|WORK_DIR", help="a pre-training checkpoint or its "
-                                                                                "work directory")),
+        ("--pretrained", "train.pretrained", dict(metavar="CKPT|WORK_DIR|NAME", help="a pre-training checkpoint, its "
+                                                                                     "work directory, or coco17 (shipped)")),
         ("--label-fraction", "data.label_fraction", dict(type=float, metavar="F",
                                                          help="class-balanced share of the training labels")),
         ("--freeze-encoder", "model.freeze_encoder", dict(action="store_const", const=True,

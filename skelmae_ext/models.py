@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import skelmae_reference
 import skelmae_reference.strl
 
-from . import ops
+from . import ops, pretrained
 
 
 class BackendOps:
@@ -161,3 +161,8 @@ class SSLClassifier(skelmae_reference.SSLClassifier):
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__(*args, ops=BackendOps(backend), **kwargs)
         _fold_layers(self.strl)
+
+    def from_pretrained(self, source):
+        """As the reference's; ``source`` may also name an encoder shipped with the package
+        ("coco17": skelmae_ext.pretrained)."""
+        return super().from_pretrained(pretrained.resolve(source))

@@ -6,7 +6,7 @@
   normalised per true class, with the counts on the cells when there are few classes;
 - ``reconstruction``: the paper's Fig. 6 view: a few frames of one sequence, original, masked
   input and SkeletonMAE's reconstruction, drawn with the layout's edges (a pre-training run
-  with ``target="input"``);
+  with ``target="centred"`` or ``"input"``);
 - ``tsne``: a t-SNE of each features file (``skelmae extract``'s .npz) in the folder.
 
 matplotlib (and scikit-learn for t-SNE) are optional dependencies: ``pip install
@@ -205,7 +205,7 @@ def confusion(work_dir, out=None, title=None):
 
 
 def _pretrained(work_dir):
-    """(path, checkpoint) of a pre-training run with target "input" on joint coordinates."""
+    """(path, checkpoint) of a pre-training run that reconstructs joint coordinates."""
     if not any(os.path.isfile(os.path.join(work_dir, name)) for name in (BEST, LATEST)):
         raise MissingInput(f"{work_dir}: no checkpoint ({LATEST}): the reconstruction view needs the work directory "
                            "of a skelmae pretrain run")
@@ -214,9 +214,9 @@ def _pretrained(work_dir):
     if state["kind"] != "pretrain":
         raise MissingInput(f"{path} is a {state['kind']} checkpoint: the reconstruction view needs the work directory "
                            "of a skelmae pretrain run")
-    if state["model_args"].get("target", "input") != "input":
+    if state["model_args"].get("target", "input") == "embedding":
         raise PlotError(f"{path} reconstructs the embedding (target {state['model_args']['target']!r}), which cannot "
-                        "be drawn as a skeleton: the view needs a run pre-trained with --target input")
+                        "be drawn as a skeleton: the view needs a run pre-trained with --target centred or input")
     if list(state["config"]["data"]["feats"]) != ["j"]:
         raise PlotError(f"{path} was pre-trained on features {state['config']['data']['feats']}: the view draws joint "
                         "coordinates, so it needs a run pre-trained with --feats j")

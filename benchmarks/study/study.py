@@ -5,8 +5,8 @@ and a plot:
     python benchmarks/study/study.py --dataset bandai2_coco2d=PATH.pkl:xstyle_train:xstyle_val \\
         --dataset msr_action3d_coco2d=PATH.pkl:xsub_train:xsub_val ... --out runs/study \\
         [--pretrain-epochs 30] [--finetune-epochs 30] [--seeds 0 1 2] [--fractions 1 0.1 0.01] \\
-        [--clip-len 32] [--transfer bandai2_coco2d msr_action3d_coco2d] [--threads 1] \\
-        [--pretrain-set model.target=centred ...]
+        [--clip-len 32] [--transfer bandai2_coco2d msr_action3d_coco2d] [--jobs 2] [--probe-seeds 0] \\
+        [--pretrain-set model.target=input ...] [--finetune-set ...]
 
 For each dataset: the logistic-regression floor (floor.py) per label fraction; SkeletonMAE
 pre-trained on the training split without labels; the SSL classifier fine-tuned from scratch and
@@ -15,15 +15,18 @@ at least one sample per class) and seed; the linear probe (encoder frozen) and K
 pre-trained encoder against a random one (one pre-training epoch at a learning rate of 1e-9:
 the initial weights, BatchNorm statistics fitted to the data); with ``--transfer``, SkeletonMAE
 pre-trained on the union of those datasets' training splits, then fine-tuned on each. Every run
-keeps its work directory under --out: a second call reuses what finished (the engine resumes)
-and computes only what is missing. Accuracies are the last epoch's validation top-1 (no model
+keeps its work directory under --out: a second call reuses what finished (results.json; the
+engine resumes the rest) and computes only what is missing. ``--jobs N`` runs N at a time, each
+in its own process with one CPU thread. Accuracies are the last epoch's validation top-1 (no model
 selection on the validation split)."""
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import yaml
 
@@ -70,6 +73,39 @@ def last_epoch(work_dir):
     return [r for r in records if r.get("event") == "epoch"][-1]
 
 
+# --- jobs: module-level functions, so that --jobs N can run them in spawned processes -------------
+
+
+def pretrain_job(config):
+    train.pretrain(config)
+    return config["train"]["work_dir"]
+
+
+def finetune_job(config):
+    train.finetune(config)
+    return 100 * last_epoch(config["train"]["work_dir"])["val_top1"]
+
+
+def knn_job(dataset, checkpoint_dir, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    features = {}
+    for split in (dataset["train"], dataset["val"]):
+        features[split] = os.path.join(out_dir, f"features_{split}.npz")
+        train.extract(dataset["path"], split, os.path.join(checkpoint_dir, "latest.pth"), features[split],
+                      workers=0)
+    return 100 * train.knn(features[dataset["train"]], features[dataset["val"]])["top1"]
+
+
+def _quiet_worker():
+    """A pool process: one CPU thread (the jobs run side by side), its console output in the job's log."""
+    import torch
+
+    torch.set_num_threads(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
 class Study:
     def __init__(self, args):
         self.args = args
@@ -85,71 +121,74 @@ class Study:
         with open(self.results_path, "w", encoding="utf-8") as handle:
             json.dump(self.results, handle, indent=1, sort_keys=True)
 
-    def remember(self, key, compute):
-        if key not in self.results:
-            self.results[key] = compute()
-            self.save()
-            print(f"{key}: {self.results[key]}", flush=True)
-        return self.results[key]
+    def store(self, key, value, done, total):
+        self.results[key] = value
+        self.save()
+        print(f"[{done}/{total}] {key}: {value}", flush=True)
+
+    def run(self, jobs):
+        """{key: (function, args)} -> the results, computing only the keys not in results.json;
+        with --jobs N, N at a time in spawned processes."""
+        todo = [(key, job) for key, job in jobs.items() if key not in self.results]
+        if self.args.jobs == 1 or len(todo) <= 1:
+            for done, (key, (function, arguments)) in enumerate(todo, 1):
+                self.store(key, function(*arguments), done, len(todo))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(self.args.jobs, mp_context=context, initializer=_quiet_worker) as pool:
+                futures = {pool.submit(function, *arguments): key for key, (function, arguments) in todo}
+                for done, future in enumerate(as_completed(futures), 1):
+                    self.store(futures[future], future.result(), done, len(todo))
+        return {key: self.results[key] for key in jobs}
 
     def common_train(self, work_dir, epochs, seed=0):
-        return {"work_dir": work_dir, "epochs": epochs, "seed": seed, "threads": self.args.threads, "save_every": 0}
+        threads = 1 if self.args.jobs > 1 else self.args.threads
+        return {"work_dir": work_dir, "epochs": epochs, "seed": seed, "threads": threads, "save_every": 0}
 
     def pretrain(self, dataset, work_dir, lr=None, epochs=None):
+        """(key, job) of a SkeletonMAE pre-training on the dataset's training split."""
         config = {"data": {"source": dataset["path"], "split": dataset["train"], "clip_len": self.args.clip_len,
                            "layout": dataset["layout"]},
                   "train": self.common_train(work_dir, epochs or self.args.pretrain_epochs)}
         config = merge(config, self.pretrain_settings)
         if lr is not None:
             config = merge(config, {"optim": {"lr": lr}})
-        train.pretrain(config)
-        return work_dir
+        return work_dir, (pretrain_job, (config,))
 
     def finetune(self, dataset, work_dir, fraction, seed, pretrained=None, freeze=False):
-        def run():
-            config = {"data": {"source": dataset["path"], "train_split": dataset["train"],
-                               "val_split": dataset["val"], "clip_len": self.args.clip_len,
-                               "label_fraction": fraction, "layout": dataset["layout"]},
-                      "model": {"freeze_encoder": freeze},
-                      "train": dict(self.common_train(work_dir, self.args.finetune_epochs, seed),
-                                    pretrained=pretrained, val_every=0)}
-            train.finetune(merge(config, self.finetune_settings))
-            return 100 * last_epoch(work_dir)["val_top1"]
-        return self.remember(work_dir, run)
+        config = {"data": {"source": dataset["path"], "train_split": dataset["train"], "val_split": dataset["val"],
+                           "clip_len": self.args.clip_len, "label_fraction": fraction, "layout": dataset["layout"]},
+                  "model": {"freeze_encoder": freeze},
+                  "train": dict(self.common_train(work_dir, self.args.finetune_epochs, seed),
+                                pretrained=pretrained, val_every=0)}
+        return work_dir, (finetune_job, (merge(config, self.finetune_settings),))
 
-    def knn(self, dataset, checkpoint_dir, out_dir):
-        def run():
-            features = {}
-            for split in (dataset["train"], dataset["val"]):
-                features[split] = os.path.join(out_dir, f"features_{split}.npz")
-                train.extract(dataset["path"], split, os.path.join(checkpoint_dir, "latest.pth"), features[split])
-            return 100 * train.knn(features[dataset["train"]], features[dataset["val"]])["top1"]
-        return self.remember(os.path.join(out_dir, "knn"), run)
-
-    def run_dataset(self, dataset, transfer_dir=None):
+    def dataset_jobs(self, dataset, pretrained, random, transfer_dir=None):
+        """The floors (computed here: seconds), then the dataset's fine-tunes, probes and KNN as jobs."""
         name, out = dataset["name"], os.path.join(self.args.out, dataset["name"])
-        for fraction in self.args.fractions:
-            self.remember(f"{name}/floor/{fraction}", lambda f=fraction: logistic_regression_floor(
-                dataset["path"], dataset["train"], dataset["val"], f,
-                layout=None if dataset["layout"] == "auto" else dataset["layout"]))
-        pretrained = self.pretrain(dataset, os.path.join(out, "pretrain"))
-        random = self.pretrain(dataset, os.path.join(out, "random"), lr=1e-9, epochs=1)
+        self.run({f"{name}/floor/{fraction}": (logistic_regression_floor, (
+            dataset["path"], dataset["train"], dataset["val"], fraction, 0,
+            None if dataset["layout"] == "auto" else dataset["layout"])) for fraction in self.args.fractions})
+        jobs = []
         for fraction in self.args.fractions:
             for seed in self.args.seeds:
                 tag = f"{fraction}/seed{seed}"
-                self.finetune(dataset, os.path.join(out, "scratch", tag), fraction, seed)
-                self.finetune(dataset, os.path.join(out, "pretrained", tag), fraction, seed, pretrained)
+                jobs.append(self.finetune(dataset, os.path.join(out, "scratch", tag), fraction, seed))
+                jobs.append(self.finetune(dataset, os.path.join(out, "pretrained", tag), fraction, seed, pretrained))
                 if transfer_dir:
-                    self.finetune(dataset, os.path.join(out, "transfer", tag), fraction, seed, transfer_dir)
-        for seed in self.args.seeds:
-            self.finetune(dataset, os.path.join(out, "probe-random", f"seed{seed}"), 1.0, seed, random, freeze=True)
-            self.finetune(dataset, os.path.join(out, "probe-pretrained", f"seed{seed}"), 1.0, seed, pretrained,
-                          freeze=True)
-        self.knn(dataset, random, os.path.join(out, "knn-random"))
-        self.knn(dataset, pretrained, os.path.join(out, "knn-pretrained"))
+                    jobs.append(self.finetune(dataset, os.path.join(out, "transfer", tag), fraction, seed,
+                                              transfer_dir))
+        for seed in self.args.probe_seeds:
+            for init, checkpoint in (("random", random), ("pretrained", pretrained)):
+                jobs.append(self.finetune(dataset, os.path.join(out, f"probe-{init}", f"seed{seed}"), 1.0, seed,
+                                          checkpoint, freeze=True))
+        for init, checkpoint in (("random", random), ("pretrained", pretrained)):
+            jobs.append((os.path.join(out, f"knn-{init}", "knn"),
+                         (knn_job, (dataset, checkpoint, os.path.join(out, f"knn-{init}")))))
+        return dict(jobs)
 
     def transfer_source(self, datasets):
-        """SkeletonMAE pre-trained on the union of the datasets' training splits (one pickle)."""
+        """(key, job) of SkeletonMAE pre-trained on the union of the datasets' training splits (one pickle)."""
         out = os.path.join(self.args.out, "transfer")
         os.makedirs(out, exist_ok=True)
         union = os.path.join(out, "union.pkl")
@@ -165,6 +204,25 @@ class Study:
         source = {"name": "union", "path": union, "train": "train", "layout": "auto"}
         return self.pretrain(source, os.path.join(out, "pretrain"))
 
+    def run_all(self, datasets):
+        """Every pre-training first (the fine-tunes start from them), then every other job."""
+        pretraining = {}
+        transfer_key = None
+        if self.args.transfer:
+            transfer_key, job = self.transfer_source([d for d in datasets if d["name"] in self.args.transfer])
+            pretraining[transfer_key] = job
+        for dataset in datasets:
+            out = os.path.join(self.args.out, dataset["name"])
+            pretraining.update([self.pretrain(dataset, os.path.join(out, "pretrain")),
+                                self.pretrain(dataset, os.path.join(out, "random"), lr=1e-9, epochs=1)])
+        self.run(pretraining)
+        jobs = {}
+        for dataset in datasets:
+            out = os.path.join(self.args.out, dataset["name"])
+            jobs.update(self.dataset_jobs(dataset, os.path.join(out, "pretrain"), os.path.join(out, "random"),
+                                          transfer_key if dataset["name"] in self.args.transfer else None))
+        self.run(jobs)
+
 
 def mean_spread(values):
     if not values:
@@ -178,7 +236,7 @@ def report(study, datasets, transfer):
     args, results = study.args, study.results
     lines = [f"Pre-training {args.pretrain_epochs} epochs, fine-tuning {args.finetune_epochs} epochs, T = "
              f"{args.clip_len}, seeds {args.seeds}; validation top-1 (%) of the last epoch, mean ± standard "
-             "deviation over the seeds.", "",
+             f"deviation over the seeds (linear probes: seeds {args.probe_seeds}).", "",
              "| dataset | labels | floor (logistic regression) | from scratch | pre-trained | gain |"
              + (" transfer (union pre-training) |" if transfer else ""),
              "|---|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
@@ -205,7 +263,7 @@ def report(study, datasets, transfer):
     for dataset in datasets:
         out = os.path.join(args.out, dataset["name"])
         probe = {init: mean_spread([results[k] for k in (os.path.join(out, f"probe-{init}", f"seed{s}")
-                                                          for s in args.seeds) if k in results])[0]
+                                                          for s in args.probe_seeds) if k in results])[0]
                  for init in ("random", "pretrained")}
         knn = {init: results.get(os.path.join(out, f"knn-{init}", "knn")) for init in ("random", "pretrained")}
         lines.append(f"| {dataset['name']} | {probe['random']} | {probe['pretrained']} | "
@@ -256,21 +314,19 @@ def main(argv=None):
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1, 0.01])
     parser.add_argument("--transfer", nargs="*", default=[], metavar="NAME",
                         help="pre-train on the union of these datasets' training splits, fine-tune on each")
-    parser.add_argument("--threads", default="auto")
+    parser.add_argument("--threads", default="auto", help="torch's CPU threads of each run (1 with --jobs > 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument("--probe-seeds", type=int, nargs="+", help="seeds of the linear probes (default: --seeds)")
     parser.add_argument("--pretrain-set", action="append", metavar="KEY=VALUE", help="a pre-training option")
     parser.add_argument("--finetune-set", action="append", metavar="KEY=VALUE", help="a fine-tuning option")
     parser.add_argument("--report-only", action="store_true", help="write the table and plot from what has run")
     args = parser.parse_args(argv)
     args.threads = args.threads if args.threads == "auto" else int(args.threads)
+    args.probe_seeds = args.probe_seeds or args.seeds
     os.makedirs(args.out, exist_ok=True)
     study = Study(args)
     if not args.report_only:
-        transfer_dir = None
-        if args.transfer:
-            chosen = [d for d in args.dataset if d["name"] in args.transfer]
-            transfer_dir = study.transfer_source(chosen)
-        for dataset in args.dataset:
-            study.run_dataset(dataset, transfer_dir if dataset["name"] in args.transfer else None)
+        study.run_all(args.dataset)
     report(study, args.dataset, bool(args.transfer))
 
 

@@ -196,7 +196,7 @@ class SkeletonMAE(nn.Module):
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
                  mask_strategy="parts", mask_parts=(3, 5), mask_ratio=None, num_mask_parts=None,
-                 beta=2.0, target="input", learn_eps=False, loss="cosine", remask=True, ops=None):
+                 beta=2.0, target="centred", learn_eps=False, loss="cosine", remask=False, ops=None):
         super().__init__()
         self.layout = get_layout(layout)
         self.in_channels, self.embed_dim, self.beta, self.target = in_channels, embed_dim, beta, target

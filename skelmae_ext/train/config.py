@@ -40,7 +40,7 @@ DEFAULTS = {
     "pretrain": {
         "data": dict(_DATA, split=None),
         "model": {"embed_dim": 64, "num_layers": 3, "mask_strategy": "parts", "mask_parts": [3, 5],
-                  "target": "input"},
+                  "target": "centred", "loss": "cosine", "remask": False},
         "optim": {"optimizer": "adam", "lr": AUTO, "base_lr": 1.5e-4, "base_batch_size": 16,
                   "args": {"weight_decay": 0.0}, "schedule": "constant", "warmup_epochs": 0,
                   "clip_grad_norm": None},

@@ -7,6 +7,7 @@ weights (``SSLClassifier.from_pretrained``). ``model.freeze_encoder`` is the lin
 
 import torch.nn.functional as F
 
+from .. import pretrained as shipped
 from . import engine, inputs, metrics
 from .checkpoint import CheckpointError, construct, load, require_kind
 from .config import AUTO
@@ -73,10 +74,11 @@ def finetune(config):
 
 
 def _pretrained(option):
-    """(path, checkpoint) of --pretrained, which must be a pre-training checkpoint, or None."""
+    """(path, checkpoint) of --pretrained, which must be a pre-training checkpoint or a shipped
+    encoder's name (skelmae_ext.pretrained), or None."""
     if option is None:
         return None
-    path = find_checkpoint(option, "--pretrained")
+    path = find_checkpoint(shipped.resolve(option), "--pretrained")
     state = load(path)
     require_kind(state, "pretrain", path, "--pretrained takes the work directory or a .pth of skelmae pretrain "
                  "(to go on with a fine-tuning run, use its --work-dir or --resume)")
