@@ -78,7 +78,11 @@ def _pretrained(option):
     encoder's name (skelmae_ext.pretrained), or None."""
     if option is None:
         return None
-    path = find_checkpoint(shipped.resolve(option), "--pretrained")
+    try:
+        path = find_checkpoint(shipped.resolve(option), "--pretrained")
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}, or the name of an encoder shipped with the package "
+                              f"({', '.join(sorted(shipped.ENCODERS))})") from None
     state = load(path)
     require_kind(state, "pretrain", path, "--pretrained takes the work directory or a .pth of skelmae pretrain "
                  "(to go on with a fine-tuning run, use its --work-dir or --resume)")
