@@ -271,11 +271,14 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
     present = np.abs(x).sum(axis=(2, 3)) > 0  # [M, T]: the persons and frames that are not padding
     frame_ids = np.flatnonzero(present.any(0))
     chosen = frame_ids[np.unique(np.linspace(0, len(frame_ids) - 1, frames).round().astype(int))]
+    # the point the cosine error measures directions from: the origin, or with target "centred"
+    # the mean of each skeleton's visible joints (SkeletonMAE.forward)
+    centred = model.target == "centred"
     figure = _figure("reconstruction")
     axes = figure.subplots(3, len(chosen), squeeze=False)
     extents = []  # (low, high) of each column's original skeleton: its window
     for column, t in enumerate(chosen):
-        drawn, rebuilt_points = [], []
+        drawn, rebuilt_points, origins = [], [], []
         cosines = []
         for person in np.flatnonzero(present[:, t]):
             points, masked = x[person, t, :, :2], mask[person, t]
@@ -290,15 +293,18 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
             _draw(axes[2, column], points, hidden, masked & detected, "0.65", "--", size=3, zorder=1)
             _draw(axes[2, column], predicted, kept, detected & ~masked, "C0")
             _draw(axes[2, column], predicted, hidden, masked & detected, "C1", size=6, zorder=4)
-            target, guess = points[masked & detected], predicted[masked & detected]
+            visible = detected & ~masked
+            origin = points[visible].mean(0) if centred and visible.any() else np.zeros(2)
+            origins.append(origin)
+            target, guess = points[masked & detected] - origin, predicted[masked & detected] - origin
             cosines.extend((target * guess).sum(1) / np.maximum(
                 np.linalg.norm(target, axis=1) * np.linalg.norm(guess, axis=1), 1e-12))
             drawn.append(points[detected])
-            rebuilt_points.append(guess)
+            rebuilt_points.append(guess + origin)
         drawn = np.concatenate(drawn)
         extents.append((drawn.min(0), drawn.max(0), np.concatenate(rebuilt_points)))
         axes[0, column].set_title(f"frame {t + 1} of {x.shape[1]}")
-        axes[2, column].plot([0], [0], "+", color="k", ms=10, mew=1.5)
+        axes[2, column].plot(*np.array(origins).T, "+", color="k", ms=10, mew=1.5, ls="none")
         axes[2, column].set_title(f"mean cosine of the masked joints: {np.mean(cosines):.2f}" if cosines else "",
                                   fontsize="small")
     for ax, row in zip(axes[:, 0], ("original", "masked input", "reconstruction")):
@@ -332,20 +338,24 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
                     f"{float(output.loss):.3f}", fontsize="large")
     coordinates = "normalised image coordinates (pixels / half the image size - 1)" if image_2d else \
         "the pipeline's normalised coordinates"
+    origin = "the centre of the visible joints" if centred else "the origin"
+    scored = (f"The cosine loss scores only each masked joint's direction from {origin} (+), not its distance from "
+              "it: that distance is not trained." if model.loss == "cosine" else
+              "The squared error scores each masked joint's position.")
     _reconstruction_legend(figure, f"Each column one frame, its three panels in the same coordinates: the model's "
-                           f"input, {coordinates}.\nThe cosine loss scores only each masked joint's direction from the "
-                           "origin (+), not its distance from it: that distance is not trained.")
+                           f"input, {coordinates}.\n{scored}",
+                           "centre of the visible joints" if centred else "origin (0, 0)")
     return _finish(figure, out)
 
 
-def _reconstruction_legend(figure, note):
+def _reconstruction_legend(figure, note, origin):
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color="C0", marker="o", ms=4, label="joints the model sees"),
                Line2D([], [], color="C3", marker="x", ls="none", ms=8, mew=2, label="masked joints (hidden from it)"),
                Line2D([], [], color="C1", marker="o", ms=6, lw=2, label="reconstructed joints"),
                Line2D([], [], color="0.7", marker="o", ms=3, ls="--", label="original masked joints, for comparison"),
-               Line2D([], [], color="k", marker="+", ls="none", ms=10, label="origin (0, 0)")]
+               Line2D([], [], color="k", marker="+", ls="none", ms=10, label=origin)]
     figure.legend(handles=handles, loc="outside lower center", ncols=5, fontsize="small", title=note,
                   title_fontsize="small")
 

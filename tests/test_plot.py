@@ -154,12 +154,16 @@ def test_reconstruction_in_the_input_coordinates(runs):
             assert _drawn(kept, x[person, t, ~masked])
             assert _drawn(cross, x[person, t, masked])
             assert _drawn(_dots(axes[2, column]), rebuilt[person, t, masked])
+        # the default target is "centred": the + marks each person's mean of its visible joints
+        plus = [np.column_stack(line.get_data()) for line in axes[2, column].lines if line.get_marker() == "+"]
+        assert _drawn(plus, np.stack([x[person, t, ~masked].mean(0) for person in (0, 1)]))
         edges = {tuple(map(tuple, np.column_stack(line.get_data()))) for line in axes[0, column].lines}
         for i, j in STICK["edges"]:  # every edge of the layout, between the original joints
             assert ((tuple(x[0, t, i]), tuple(x[0, t, j])) in edges)
     ax = axes[0, 0]
     assert ax.get_ylim()[0] > ax.get_ylim()[1]  # 2D: y points down
     assert "masked: right arm, right leg" in figure._suptitle.get_text()
+    assert "direction from the centre of the visible joints (+)" in figure.legends[0].get_title().get_text()
 
 
 def _drawn(point_sets, expected):

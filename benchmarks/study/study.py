@@ -166,9 +166,11 @@ class Study:
     def dataset_jobs(self, dataset, pretrained, random, transfer_dir=None):
         """The floors (computed here: seconds), then the dataset's fine-tunes, probes and KNN as jobs."""
         name, out = dataset["name"], os.path.join(self.args.out, dataset["name"])
-        self.run({f"{name}/floor/{fraction}": (logistic_regression_floor, (
-            dataset["path"], dataset["train"], dataset["val"], fraction, 0,
-            None if dataset["layout"] == "auto" else dataset["layout"])) for fraction in self.args.fractions})
+        # each seed's label subset is the one its fine-tunes get
+        self.run({f"{name}/floor/{fraction}/seed{seed}": (logistic_regression_floor, (
+            dataset["path"], dataset["train"], dataset["val"], fraction, seed,
+            None if dataset["layout"] == "auto" else dataset["layout"]))
+            for fraction in self.args.fractions for seed in self.args.seeds})
         jobs = []
         for fraction in self.args.fractions:
             for seed in self.args.seeds:
@@ -236,7 +238,8 @@ def report(study, datasets, transfer):
     args, results = study.args, study.results
     lines = [f"Pre-training {args.pretrain_epochs} epochs, fine-tuning {args.finetune_epochs} epochs, T = "
              f"{args.clip_len}, seeds {args.seeds}; validation top-1 (%) of the last epoch, mean ± standard "
-             f"deviation over the seeds (linear probes: seeds {args.probe_seeds}).", "",
+             f"deviation over the seeds (each seed its own label subset; linear probes: seeds {args.probe_seeds}). "
+             "Gain: pre-trained minus from scratch, * where it exceeds both standard deviations.", "",
              "| dataset | labels | floor (logistic regression) | from scratch | pre-trained | gain |"
              + (" transfer (union pre-training) |" if transfer else ""),
              "|---|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
@@ -249,15 +252,15 @@ def report(study, datasets, transfer):
                 values = [results[k] for k in (os.path.join(out, init, f"{fraction}/seed{s}") for s in args.seeds)
                           if k in results]
                 cells[init] = mean_spread(values)
+            floor = mean_spread([results[k] for k in (f"{name}/floor/{fraction}/seed{s}" for s in args.seeds)
+                                 if k in results])
             gain = ""
             if cells["scratch"][1] and cells["pretrained"][1]:
-                gain = f"{cells['pretrained'][1][0] - cells['scratch'][1][0]:+.1f}"
-            floor = results.get(f"{name}/floor/{fraction}")
-            row = (f"| {name} | {100 * fraction:g}% | {floor:.1f} | {cells['scratch'][0]} | "
-                   f"{cells['pretrained'][0]} | {gain} |" if floor is not None else None)
-            if row:
-                lines.append(row + (f" {cells['transfer'][0]} |" if transfer else ""))
-            bars.append((f"{name}\n{100 * fraction:g}%", floor, cells))
+                (scratch, scratch_sd), (pre, pre_sd) = cells["scratch"][1], cells["pretrained"][1]
+                gain = f"{pre - scratch:+.1f}" + ("*" if abs(pre - scratch) > max(scratch_sd, pre_sd) else "")
+            lines.append(f"| {name} | {100 * fraction:g}% | {floor[0]} | {cells['scratch'][0]} | "
+                         f"{cells['pretrained'][0]} | {gain} |" + (f" {cells['transfer'][0]} |" if transfer else ""))
+            bars.append((f"{name}\n{100 * fraction:g}%", floor[1][0] if floor[1] else None, cells))
     lines += ["", "| dataset | linear probe, random encoder | linear probe, pre-trained | KNN, random | "
               "KNN, pre-trained |", "|---|---:|---:|---:|---:|"]
     for dataset in datasets:
