@@ -296,11 +296,12 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
             visible = detected & ~masked
             origin = points[visible].mean(0) if centred and visible.any() else np.zeros(2)
             origins.append(origin)
-            target, guess = points[masked & detected] - origin, predicted[masked & detected] - origin
-            cosines.extend((target * guess).sum(1) / np.maximum(
-                np.linalg.norm(target, axis=1) * np.linalg.norm(guess, axis=1), 1e-12))
+            guess = predicted[masked & detected]
+            target, direction = points[masked & detected] - origin, guess - origin
+            cosines.extend((target * direction).sum(1) / np.maximum(
+                np.linalg.norm(target, axis=1) * np.linalg.norm(direction, axis=1), 1e-12))
             drawn.append(points[detected])
-            rebuilt_points.append(guess + origin)
+            rebuilt_points.append(guess)
         drawn = np.concatenate(drawn)
         extents.append((drawn.min(0), drawn.max(0), np.concatenate(rebuilt_points)))
         axes[0, column].set_title(f"frame {t + 1} of {x.shape[1]}")
@@ -338,13 +339,13 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
                     f"{float(output.loss):.3f}", fontsize="large")
     coordinates = "normalised image coordinates (pixels / half the image size - 1)" if image_2d else \
         "the pipeline's normalised coordinates"
-    origin = "the centre of the visible joints" if centred else "the origin"
+    origin, marker = ("the centre of the visible joints", "centre of the visible joints") if centred else \
+        ("the origin", "origin (0, 0)")
     scored = (f"The cosine loss scores only each masked joint's direction from {origin} (+), not its distance from "
               "it: that distance is not trained." if model.loss == "cosine" else
               "The squared error scores each masked joint's position.")
     _reconstruction_legend(figure, f"Each column one frame, its three panels in the same coordinates: the model's "
-                           f"input, {coordinates}.\n{scored}",
-                           "centre of the visible joints" if centred else "origin (0, 0)")
+                           f"input, {coordinates}.\n{scored}", marker)
     return _finish(figure, out)
 
 

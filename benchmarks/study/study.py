@@ -127,8 +127,8 @@ class Study:
         print(f"[{done}/{total}] {key}: {value}", flush=True)
 
     def run(self, jobs):
-        """{key: (function, args)} -> the results, computing only the keys not in results.json;
-        with --jobs N, N at a time in spawned processes."""
+        """Computes the jobs ({key: (function, args)}) whose keys are not in results.json; with
+        --jobs N, N at a time in spawned processes."""
         todo = [(key, job) for key, job in jobs.items() if key not in self.results]
         if self.args.jobs == 1 or len(todo) <= 1:
             for done, (key, (function, arguments)) in enumerate(todo, 1):
@@ -139,7 +139,6 @@ class Study:
                 futures = {pool.submit(function, *arguments): key for key, (function, arguments) in todo}
                 for done, future in enumerate(as_completed(futures), 1):
                     self.store(futures[future], future.result(), done, len(todo))
-        return {key: self.results[key] for key in jobs}
 
     def common_train(self, work_dir, epochs, seed=0):
         threads = 1 if self.args.jobs > 1 else self.args.threads

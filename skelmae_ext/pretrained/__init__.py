@@ -35,9 +35,11 @@ def resolve(source):
 def export(checkpoint, out):
     """Writes the pre-training ``checkpoint`` (a path) to ``out`` without its training state,
     in float32 (a few hundred KB for the default widths)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("kind") != "pretrain":
-        raise ValueError(f"{checkpoint}: a {state.get('kind')!r} checkpoint; a pre-training one is needed")
+    from ..train.checkpoint import load  # here: skelmae_ext.train imports this module
+
+    state = load(checkpoint)
+    if state["kind"] != "pretrain":
+        raise ValueError(f"{checkpoint}: a {state['kind']!r} checkpoint; a pre-training one is needed")
     kept = {key: state[key] for key in KEPT if key in state}
     kept["model"] = {key: value.float() if value.is_floating_point() else value for key, value in state["model"].items()}
     torch.save(kept, out)
