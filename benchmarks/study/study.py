@@ -4,7 +4,7 @@ and a plot:
 
     python benchmarks/study/study.py --dataset bandai2_coco2d=PATH.pkl:xstyle_train:xstyle_val \\
         --dataset msr_action3d_coco2d=PATH.pkl:xsub_train:xsub_val ... --out runs/study \\
-        [--pretrain-epochs 30] [--finetune-epochs 30] [--seeds 0 1 2] [--fractions 1 0.1 0.01] \\
+        [--pretrain-epochs 30] [--finetune-epochs 15] [--seeds 0 1 2] [--fractions 1 0.1 0.01] \\
         [--clip-len 32] [--transfer bandai2_coco2d msr_action3d_coco2d] [--jobs 2] [--probe-seeds 0] \\
         [--pretrain-set model.target=input ...] [--finetune-set ...]
 
@@ -310,7 +310,7 @@ def main(argv=None):
                         help="NAME=PATH:TRAIN_SPLIT:VAL_SPLIT[:LAYOUT]")
     parser.add_argument("--out", default="runs/study")
     parser.add_argument("--pretrain-epochs", type=int, default=30)
-    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=train.DEFAULTS["finetune"]["train"]["epochs"])
     parser.add_argument("--clip-len", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1, 0.01])
