@@ -1,6 +1,8 @@
 """The encoder shipped with the package (skelmae_ext.pretrained): a pre-training checkpoint
 that --pretrained and SSLClassifier.from_pretrained take by name."""
 
+import hashlib
+import json
 import os
 
 import pytest
@@ -74,6 +76,10 @@ def test_finetune_takes_the_shipped_encoder_by_name(tmp_path):
     run, shipped = load(work / "latest.pth"), load(pretrained.path("coco17"))
     assert run["model_args"]["embed_dim"] == shipped["model_args"]["embed_dim"]
     assert run["layout"] == shipped["layout"]
+    # run.jsonl names the file the name stood for, and its hash: the run can be traced to its weights
+    record = json.loads((work / "run.jsonl").read_text().splitlines()[0])
+    assert record["weights"] == {"source": pretrained.path("coco17"),
+                                 "sha256": hashlib.sha256(open(pretrained.path("coco17"), "rb").read()).hexdigest()}
 
 
 def test_finetune_names_the_shipped_encoders_when_pretrained_is_neither_file_nor_name(tmp_path):

@@ -55,6 +55,7 @@ def test_pretraining_work_dir(chain):
     run = json.loads((mae / "run.jsonl").read_text().splitlines()[0])
     assert run["data"]["sha256"] == hashlib.sha256(open(paths["data"], "rb").read()).hexdigest()
     assert run["kernels"]["backend"] == "cpu" and run["seed"] == 0 and "pretrain" in run["command"]
+    assert "weights" not in run  # started from random weights
     epochs = records(mae, "epoch")
     assert [r["epoch"] for r in epochs] == [1, 2] and all(r["loss"] > 0 and r["samples_per_s"] > 0 for r in epochs)
     assert "epoch 2/2" in (mae / "log.txt").read_text()
@@ -68,6 +69,8 @@ def test_finetuning_from_the_pretraining(chain):
     best, pretrained = load(ssl / "best.pth"), load(paths["mae"] / "latest.pth")
     assert best["kind"] == "finetune" and best["model_args"]["embed_dim"] == 8  # the encoder's width, followed
     assert best["model_args"]["num_persons"] == 2 and best["model_args"]["num_frames"] == 8
+    run = json.loads((ssl / "run.jsonl").read_text().splitlines()[0])
+    assert run["weights"]["source"] == str(paths["mae"] / "latest.pth")  # the file the work dir stood for
     epochs = records(ssl, "epoch")
     assert {"val_top1", "val_top5", "val_mean_class_accuracy", "train_top1", "best_top1", "lr"} <= set(epochs[-1])
     assert best["best"]["top1"] == max(r["val_top1"] for r in epochs)

@@ -62,6 +62,7 @@ class Plan:
     train_set: object  # a SkeletonDataset
     loss: Callable  # (forward, x, y) -> (0-d loss, number of right answers or None)
     validate: Callable = None  # model -> {"top1", "top5", "mean_class_accuracy"}
+    weights: str = None  # the file the model's weights started from (--pretrained), if any
 
 
 @dataclass
@@ -363,6 +364,8 @@ class _Trainer:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "cwd": os.getcwd(),
             "kind": self.plan.kind, "seed": self.train["seed"], "resumed_from": resumed_from,
             "data": {"source": os.path.abspath(source), "sha256": sha256(source)},
+            **({"weights": {"source": os.path.abspath(self.plan.weights), "sha256": sha256(self.plan.weights)}}
+               if self.plan.weights else {}),
             "versions": versions(), "kernels": kernels(self.device), "threads": torch.get_num_threads(),
             "world_size": distributed.world_size()})
 

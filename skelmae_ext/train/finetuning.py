@@ -62,7 +62,8 @@ def plan(config):
         result.pop("num_samples")
         return result
 
-    return engine.Plan("finetune", config, device, model, record, train_set, loss, validate)
+    return engine.Plan("finetune", config, device, model, record, train_set, loss, validate,
+                       weights=pretrained and pretrained[0])
 
 
 def finetune(config):

@@ -2,7 +2,8 @@
 a checkpoint in it.
 
     config.yaml      the resolved configuration (``--config`` takes it back)
-    run.jsonl        one JSON line per start or resume: command line, seed, versions, data SHA-256, kernels
+    run.jsonl        one JSON line per start or resume: command line, seed, versions, data SHA-256, kernels,
+                     the --pretrained file and its SHA-256
     log.txt          the text log
     log.jsonl        one JSON line per epoch and every ``log_every_steps`` steps (logs.py)
     latest.pth       the last checkpoint: a run in this directory resumes from it
