@@ -163,15 +163,17 @@ class Study:
         return work_dir, (finetune_job, (merge(config, self.finetune_settings),))
 
     def dataset_jobs(self, dataset, pretrained, random, transfer_dir=None):
-        """The floors (computed here: seconds), then the dataset's fine-tunes, probes and KNN as jobs."""
+        """The floors (computed here: seconds), then the dataset's jobs: [fine-tunes of each label
+        fraction (in --fractions' order)..., probes and KNN]."""
         name, out = dataset["name"], os.path.join(self.args.out, dataset["name"])
         # each seed's label subset is the one its fine-tunes get
         self.run({f"{name}/floor/{fraction}/seed{seed}": (logistic_regression_floor, (
             dataset["path"], dataset["train"], dataset["val"], fraction, seed,
             None if dataset["layout"] == "auto" else dataset["layout"]))
             for fraction in self.args.fractions for seed in self.args.seeds})
-        jobs = []
+        groups = []
         for fraction in self.args.fractions:
+            jobs = []
             for seed in self.args.seeds:
                 tag = f"{fraction}/seed{seed}"
                 jobs.append(self.finetune(dataset, os.path.join(out, "scratch", tag), fraction, seed))
@@ -179,6 +181,8 @@ class Study:
                 if transfer_dir:
                     jobs.append(self.finetune(dataset, os.path.join(out, "transfer", tag), fraction, seed,
                                               transfer_dir))
+            groups.append(dict(jobs))
+        jobs = []
         for seed in self.args.probe_seeds:
             for init, checkpoint in (("random", random), ("pretrained", pretrained)):
                 jobs.append(self.finetune(dataset, os.path.join(out, f"probe-{init}", f"seed{seed}"), 1.0, seed,
@@ -186,7 +190,7 @@ class Study:
         for init, checkpoint in (("random", random), ("pretrained", pretrained)):
             jobs.append((os.path.join(out, f"knn-{init}", "knn"),
                          (knn_job, (dataset, checkpoint, os.path.join(out, f"knn-{init}")))))
-        return dict(jobs)
+        return groups + [dict(jobs)]
 
     def transfer_source(self, datasets):
         """(key, job) of SkeletonMAE pre-trained on the union of the datasets' training splits (one pickle)."""
@@ -206,7 +210,9 @@ class Study:
         return self.pretrain(source, os.path.join(out, "pretrain"))
 
     def run_all(self, datasets):
-        """Every pre-training first (the fine-tunes start from them), then every other job."""
+        """Every pre-training first (the fine-tunes start from them), then every other job: each
+        label fraction's fine-tunes on every dataset before the next fraction's (an interrupted
+        study has its 100% cells first), then the probes and KNN."""
         pretraining = {}
         transfer_key = None
         if self.args.transfer:
@@ -217,12 +223,12 @@ class Study:
             pretraining.update([self.pretrain(dataset, os.path.join(out, "pretrain")),
                                 self.pretrain(dataset, os.path.join(out, "random"), lr=1e-9, epochs=1)])
         self.run(pretraining)
-        jobs = {}
+        per_dataset = []
         for dataset in datasets:
             out = os.path.join(self.args.out, dataset["name"])
-            jobs.update(self.dataset_jobs(dataset, os.path.join(out, "pretrain"), os.path.join(out, "random"),
-                                          transfer_key if dataset["name"] in self.args.transfer else None))
-        self.run(jobs)
+            per_dataset.append(self.dataset_jobs(dataset, os.path.join(out, "pretrain"), os.path.join(out, "random"),
+                                                 transfer_key if dataset["name"] in self.args.transfer else None))
+        self.run({key: job for stage in zip(*per_dataset) for jobs in stage for key, job in jobs.items()})
 
 
 def mean_spread(values):
