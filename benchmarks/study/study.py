@@ -231,12 +231,14 @@ class Study:
         self.run({key: job for stage in zip(*per_dataset) for jobs in stage for key, job in jobs.items()})
 
 
-def mean_spread(values):
+def mean_spread(values, expected):
+    """("mean ± sd", (mean, sd)) of the values, the text marked "(n of expected)" while runs are missing."""
     if not values:
         return "", None
     mean = statistics.mean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {spread:.1f}", (mean, spread)
+    missing = f" (n = {len(values)} of {expected})" if len(values) < expected else ""
+    return f"{mean:.1f} ± {spread:.1f}{missing}", (mean, spread)
 
 
 def report(study, datasets, transfer):
@@ -244,7 +246,8 @@ def report(study, datasets, transfer):
     lines = [f"Pre-training {args.pretrain_epochs} epochs, fine-tuning {args.finetune_epochs} epochs, T = "
              f"{args.clip_len}, seeds {args.seeds}; validation top-1 (%) of the last epoch, mean ± standard "
              f"deviation over the seeds (each seed its own label subset; linear probes: seeds {args.probe_seeds}). "
-             "Gain: pre-trained minus from scratch, * where it exceeds both standard deviations.", "",
+             "Gain: pre-trained minus from scratch, * where it exceeds both standard deviations (of two seeds or "
+             "more).", "",
              "| dataset | labels | floor (logistic regression) | from scratch | pre-trained | gain |"
              + (" transfer (union pre-training) |" if transfer else ""),
              "|---|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
@@ -252,17 +255,19 @@ def report(study, datasets, transfer):
     for dataset in datasets:
         name, out = dataset["name"], os.path.join(args.out, dataset["name"])
         for fraction in args.fractions:
-            cells = {}
+            cells, counts = {}, {}
             for init in ("scratch", "pretrained", "transfer"):
                 values = [results[k] for k in (os.path.join(out, init, f"{fraction}/seed{s}") for s in args.seeds)
                           if k in results]
-                cells[init] = mean_spread(values)
+                cells[init], counts[init] = mean_spread(values, len(args.seeds)), len(values)
             floor = mean_spread([results[k] for k in (f"{name}/floor/{fraction}/seed{s}" for s in args.seeds)
-                                 if k in results])
+                                 if k in results], len(args.seeds))
             gain = ""
             if cells["scratch"][1] and cells["pretrained"][1]:
                 (scratch, scratch_sd), (pre, pre_sd) = cells["scratch"][1], cells["pretrained"][1]
-                gain = f"{pre - scratch:+.1f}" + ("*" if abs(pre - scratch) > max(scratch_sd, pre_sd) else "")
+                spread_known = min(counts["scratch"], counts["pretrained"]) > 1
+                gain = f"{pre - scratch:+.1f}" + ("*" if spread_known and abs(pre - scratch) > max(scratch_sd, pre_sd)
+                                                  else "")
             lines.append(f"| {name} | {100 * fraction:g}% | {floor[0]} | {cells['scratch'][0]} | "
                          f"{cells['pretrained'][0]} | {gain} |" + (f" {cells['transfer'][0]} |" if transfer else ""))
             bars.append((f"{name}\n{100 * fraction:g}%", floor[1][0] if floor[1] else None, cells))
@@ -271,7 +276,8 @@ def report(study, datasets, transfer):
     for dataset in datasets:
         out = os.path.join(args.out, dataset["name"])
         probe = {init: mean_spread([results[k] for k in (os.path.join(out, f"probe-{init}", f"seed{s}")
-                                                          for s in args.probe_seeds) if k in results])[0]
+                                                          for s in args.probe_seeds) if k in results],
+                                   len(args.probe_seeds))[0]
                  for init in ("random", "pretrained")}
         knn = {init: results.get(os.path.join(out, f"knn-{init}", "knn")) for init in ("random", "pretrained")}
         lines.append(f"| {dataset['name']} | {probe['random']} | {probe['pretrained']} | "
