@@ -41,7 +41,7 @@ from . import checkpoint, distributed, inputs, sync_batch_norm
 from .config import AUTO, OPTIMIZERS, build, resolve_device, resolve_lr, resolve_workers
 from .environment import kernels, versions
 from .logs import RunLog, format_fields, peak_memory_mb, progress
-from .workdir import BEST, LATEST, RUN_RECORD, append_json_line, epoch_checkpoint, sha256, write_config
+from .workdir import BEST, LATEST, RUN_RECORD, append_json_line, epoch_checkpoint, file_record, write_config
 
 KILL_AT_STEP_ENV = "SKELMAE_TEST_KILL_AT_STEP"  # tests only: SIGKILL right after this optimiser step
 
@@ -359,15 +359,15 @@ class _Trainer:
         if not distributed.is_main():
             return
         write_config(self.work_dir, self.config)
-        source = self.config["data"]["source"]
-        append_json_line(os.path.join(self.work_dir, RUN_RECORD), {
+        record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "cwd": os.getcwd(),
             "kind": self.plan.kind, "seed": self.train["seed"], "resumed_from": resumed_from,
-            "data": {"source": os.path.abspath(source), "sha256": sha256(source)},
-            **({"weights": {"source": os.path.abspath(self.plan.weights), "sha256": sha256(self.plan.weights)}}
-               if self.plan.weights else {}),
+            "data": file_record(self.config["data"]["source"]),
             "versions": versions(), "kernels": kernels(self.device), "threads": torch.get_num_threads(),
-            "world_size": distributed.world_size()})
+            "world_size": distributed.world_size()}
+        if self.plan.weights:
+            record["weights"] = file_record(self.plan.weights)
+        append_json_line(os.path.join(self.work_dir, RUN_RECORD), record)
 
 
 def _differences(before, after, prefix=""):

@@ -59,6 +59,11 @@ def write_config(work_dir, config):
         handle.write(to_yaml(config))
 
 
+def file_record(path):
+    """What run.jsonl says of a file a run read: its absolute path and SHA-256."""
+    return {"source": os.path.abspath(path), "sha256": sha256(path)}
+
+
 def sha256(path):
     """The SHA-256 of a file (None for a folder of raw files)."""
     if not os.path.isfile(path):
