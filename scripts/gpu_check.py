@@ -32,7 +32,8 @@ GRACE_S = 10  # a stage gets SIGINT this long before its budget ends (a third of
 XDIST_WORKERS = 8  # test processes beside each other: Triton compiles each kernel variant on one core
 OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
 RESULT_LINE = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)|no tests ran|Interrupted|tests? collected")
-SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+# memcheck ends with the first, racecheck with the second (its "errors" are hazards of error level)
+SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?")
 
 # Selections (pytest -k). The op tests repeat on cuda for each compiled backend
 # (tests/helpers.py DEVICE_BACKENDS: ids "cuda-cuda", "cuda-triton"); test_cuda.py and
@@ -47,16 +48,20 @@ TESTS_K = "cuda or triton"
 MEMCHECK_K = ("cuda and not many_ and not gradcheck and not bitwise and not second_order and not compiled"
               " and (not matches_reference or 1-0.0-none or 203-0.37-partial or 2.0-none-partial"
               " or 3.0-mean-none or 1.0-sum-full) and (not non_finite_counted or 2.0-mean-partial-both)")
-RACECHECK_K = "cuda and hand_computed or cuda and non_contiguous"  # racecheck is slow: a few small cases
+# racecheck is slow: a few small cases, of the CUDA C++ kernels alone. Triton's own reductions
+# trip it (write-write hazards in its shared-memory butterflies, triton-lang/triton#7264, #4736):
+# on an H200 all 24 hazards it showed were in tl.sum of the loss's Triton kernel.
+RACECHECK_K = "cuda-cuda and (hand_computed or non_contiguous)"
 # GPU benchmarks of each op at its acceptance shape (benchmarks/test_ops.py ids) and the GPU's
 # copy bandwidth; every provider on cuda.
 OP_SHAPES = {"masked_graph_conv": "G16384-V17-C64", "cosine_reconstruction_loss": "R278528-C64"}
 BENCH_OPS_K = f"cuda and ({' or '.join(OP_SHAPES.values())} or copy)"
 # The model steps at N = 16 and 128 on cuda: the reference eager and our eager twins first, then
-# the reference compiled, in a process of its own (its four whole-model compiles are what may
-# run out of time: the eager results are written by then). Our twins compiled are left out.
+# the reference pre-training step compiled, in a process of its own (its whole-model compiles are
+# what may run out of time: the eager results are written by then). The fine-tuning step's target
+# is against eager alone: its two compiles, and our twins compiled, are left out.
 BENCH_EAGER_K = "cuda and not compiled"
-BENCH_COMPILED_K = "cuda and reference-compiled"
+BENCH_COMPILED_K = "cuda and reference-compiled and pretraining"
 GPU_PROVIDERS = ["reference", "reference-compiled", "cuda", "triton"]
 
 # The issue's speed targets on the GPU: (benchmark group, figure, at least), for each of our backends.
@@ -90,7 +95,7 @@ class Stage:
     after: str = None  # the stage that must have passed first ("gpu": env found one)
     expect: list = ()  # regexes: each must match a test id that ran (that is collected, in the dry run)
     count: int = None  # tests the dry run must collect: exactly (benchmarks) or at most (sanitizer stages)
-    sanitizer: bool = False  # passes only with "ERROR SUMMARY: 0 errors"
+    sanitizer: bool = False  # passes only with a summary of 0 errors (SANITIZER_SUMMARY)
     keep_going: bool = False  # run every command even after one failed
 
 
@@ -125,17 +130,19 @@ def expected_benchmarks():
            for op, shape in OP_SHAPES.items() for p in GPU_PROVIDERS for m in ("forward", "forward+backward")]
     ops.append(r"benchmarks/test_ops\.py::test_copy_bandwidth\[cuda\]$")
     models = [rf"benchmarks/test_models\.py::test_{kind}_step\[N{n}-cuda-{re.escape(p)}\]$"
-              for kind in ("pretraining", "finetuning") for n in (16, 128) for p in GPU_PROVIDERS]
+              for kind in ("pretraining", "finetuning") for n in (16, 128) for p in GPU_PROVIDERS
+              if kind == "pretraining" or p != "reference-compiled"]
     return ops, models
 
 
-def expected_tests(files):
-    """Each op test file runs on both GPU backends."""
-    return [rf"^tests/{re.escape(f)}::.*\[(.*-)?cuda-{b}\]$" for f in files for b in ("cuda", "triton")]
+def expected_tests(files, backends=("cuda", "triton")):
+    """Each op test file runs on each GPU backend named."""
+    return [rf"^tests/{re.escape(f)}::.*\[(.*-)?cuda-{b}\]$" for f in files for b in backends]
 
 
 def stages(ctx):
-    """Every stage, in order; budgets in seconds (their sum stays under LIMIT_S)."""
+    """Every stage, in order; budgets in seconds (their sum stays under LIMIT_S), sized by two
+    runs on an H200 (tests/README.md)."""
     out = ctx.out
     me = [ctx.python, "scripts/gpu_check.py"]
     ops_ids, model_ids = expected_benchmarks()
@@ -148,14 +155,14 @@ def stages(ctx):
             Command(["nvcc", "--version"]),
             Command(["compute-sanitizer", "--version"]),
         ], ["nvidia-smi", "nvcc", "compute-sanitizer", "module:torch"], keep_going=True),
-        # ~1 min with 16 cores (the slowest source alone took 42 s for two architectures on 2 cores).
+        # 54 s and 64 s on an H200 machine with 16 cores, its one architecture.
         Stage("build", 80, f"the kernels in place, TORCH_CUDA_ARCH_LIST={ctx.arch_list}, {ctx.jobs} jobs; "
                             ".ci/check_build.py", [
             Command([ctx.python, "setup.py", "build_ext", "--inplace"],
                     {"TORCH_CUDA_ARCH_LIST": ctx.arch_list, "MAX_JOBS": str(ctx.jobs), "SKELMAE_FORCE_CUDA": "1"}),
             Command([ctx.python, ".ci/check_build.py"]),
         ], ["nvcc", "ninja", "module:torch", "module:setuptools"], after="gpu"),
-        Stage("tests", 100, f'pytest tests/ -k "{TESTS_K}": the op tests on cuda for each GPU backend, '
+        Stage("tests", 95, f'pytest tests/ -k "{TESTS_K}": the op tests on cuda for each GPU backend, '
                             "test_cuda.py, the compile tests", [
             pytest_command(ctx, ["tests/", "-k", TESTS_K], ["-rA"], parallel=True,
                            env={"TORCHINDUCTOR_COMPILE_THREADS": "2"}),  # beside the xdist workers
@@ -164,23 +171,23 @@ def stages(ctx):
                 r"^tests/test_cuda\.py::", r"^tests/test_triton_compile\.py::",
                 *[rf"^tests/test_compile\.py::.*\[cuda-{b}\]$" for b in ("cuda", "triton", "auto")],
                 *[rf"^tests/test_registry\.py::test_opcheck_.*\[cuda-{b}\]$" for b in ("cuda", "triton")]]),
-        Stage("memcheck", 50, "compute-sanitizer memcheck on the small op tests", [
+        Stage("memcheck", 60, "compute-sanitizer memcheck on the small op tests", [
             pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", MEMCHECK_K], ["-rA"],
                            wrapper=sanitizer("memcheck"), env=no_caching),
         ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files),
             count=150, sanitizer=True),
-        Stage("racecheck", 30, "compute-sanitizer racecheck on a few small cases", [
+        Stage("racecheck", 30, "compute-sanitizer racecheck on a few small cases of the CUDA C++ kernels", [
             pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", RACECHECK_K], ["-rA"],
                            wrapper=sanitizer("racecheck"), env=no_caching),
-        ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files),
-            count=8, sanitizer=True),
+        ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files, ["cuda"]),
+            count=4, sanitizer=True),
         # Four small compiles (the reference path's ops, forward and forward+backward), then timing.
-        Stage("bench-ops", 60, "both ops forward and forward+backward at the acceptance shapes, copy bandwidth", [
+        Stage("bench-ops", 45, "both ops forward and forward+backward at the acceptance shapes, copy bandwidth", [
             pytest_command(ctx, ["benchmarks/test_ops.py", "--benchmark-only", "-k", BENCH_OPS_K],
                            ["-rA", f"--benchmark-json={out / 'bench-ops.json'}"]),
         ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=ops_ids, count=len(ops_ids)),
-        # Four whole-model compiles of the reference (about 20 s each is the guess; never measured).
-        Stage("bench-models", 110, "pre-training and fine-tuning steps at N = 16 and 128", [
+        # On an H200 the eager benchmarks took 83 s and 131 s, then two whole-model compiles.
+        Stage("bench-models", 145, "pre-training and fine-tuning steps at N = 16 and 128", [
             pytest_command(ctx, ["benchmarks/test_models.py", "--benchmark-only", "-k", selection],
                            ["-rA", f"--benchmark-json={out / name}"])
             for selection, name in ((BENCH_EAGER_K, "bench-models.json"), (BENCH_COMPILED_K, "bench-compiled.json"))
@@ -271,7 +278,7 @@ def examine(stage, log_text):
         details["not_run"] = missing(stage.expect, ran)
         ok = not failed and not details["not_run"]
     if stage.sanitizer:
-        counts = [int(n) for n in SANITIZER_SUMMARY.findall(log_text)]
+        counts = [int(a or b) for a, b in SANITIZER_SUMMARY.findall(log_text)]
         details["sanitizer"] = f"ERROR SUMMARY: {sum(counts)} errors" if counts else "no ERROR SUMMARY"
         ok = ok and bool(counts) and sum(counts) == 0
     return ok, details

@@ -37,8 +37,10 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     pred_unit = F.normalize(pred, p=2.0, dim=-1, eps=NORM_EPS)
     target_unit = F.normalize(target, p=2.0, dim=-1, eps=NORM_EPS)
     cosine = (pred_unit * target_unit).sum(dim=-1)
-    # The clamp only removes rounding below zero (|cos| <= 1), which pow would turn into NaN.
-    per_row = (1 - cosine).clamp_min(0).pow(beta)
+    # Removes rounding below zero (|cos| <= 1), which pow would turn into NaN, and passes no
+    # gradient at distance 0, where pow's slope is infinite for beta < 1 (as the kernels do).
+    distance = 1 - cosine
+    per_row = torch.where(distance <= 0, torch.zeros_like(distance), distance).pow(beta)  # NaN stays
     if mask is None:
         mask = torch.ones(per_row.shape, dtype=torch.bool, device=per_row.device)
     per_row = torch.where(mask, per_row, torch.zeros_like(per_row))
