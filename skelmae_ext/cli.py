@@ -90,6 +90,9 @@ OPTIONS = {
         ("--val-every", "train.val_every", dict(type=int, metavar="N",
                                                 help="validate every N epochs and after the last (0: after the last only)")),
         ("--label-smoothing", "optim.label_smoothing", dict(type=float)),
+        ("--encoder-lr-scale", "optim.encoder_lr_scale", dict(type=float, metavar="F",
+                                                              help="the pre-trained parts' learning rate, times the "
+                                                                   "head's (1: the same)")),
     ],
     "test": [
         ("--data", "data", dict(metavar="SRC")), ("--split", "split", dict()),

@@ -102,3 +102,31 @@ def test_api_takes_paths_and_partial_configurations(pretrained, tmp_path):
     finetuning = {"data": {"source": data, "train_split": "train", "val_split": "val"}, "train": {"work_dir": tmp_path}}
     merged = config.build("finetune", finetuning, {"model": {"pooling": "mean"}, "optim": {"args": {"dampening": 0.1}}})
     assert merged["model"]["pooling"] == "mean" and merged["optim"]["args"]["momentum"] == 0.9  # handed on as given
+
+
+def test_encoder_lr_scale_slows_the_pretrained_parts_alone(pretrained):
+    """optim.encoder_lr_scale: the encoder (embedding and every layer's GIN copy) learns at
+    lr * scale, the rest at lr, both groups kept in the checkpoint's optimizer."""
+    folder, data = pretrained
+    encoder = load(folder / "mae" / "latest.pth")["model"]
+
+    def run(name, scale):
+        train.finetune({"data": {"source": data, "train_split": "train", "val_split": "val", "clip_len": 8,
+                                 "repeat": 1},
+                        "optim": {"encoder_lr_scale": scale},
+                        "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2, "threads": 1,
+                                  "pretrained": folder / "mae"}})
+        return load(folder / name / "latest.pth")
+
+    def moved(state, key):
+        return float((state["model"][key] - encoder["encoder." + key.split("strl.", 1)[1]]).abs().max())
+
+    same, slow = run("scale1", 1.0), run("scale1e-6", 1e-6)
+    assert len(same["optimizer"]["param_groups"]) == 1
+    groups = slow["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([0.0125 / 8 * 1e-6, 0.0125 / 8])  # lr "auto" at batch 2
+    key = "strl.embedding.weight"
+    assert moved(same, key) > 1e-3 and moved(slow, key) < 1e-4 * moved(same, key)
+    with pytest.raises(ConfigError, match=r"optim.encoder_lr_scale: must be > 0, got 0"):
+        config.build("finetune", {"data": {"source": data, "train_split": "train", "val_split": "val"},
+                                  "train": {"work_dir": folder / "x"}}, {"optim": {"encoder_lr_scale": 0}})

@@ -57,7 +57,7 @@ DEFAULTS = {
                   "dropout": 0.5},
         "optim": {"optimizer": "sgd", "lr": AUTO, "base_lr": 0.1, "base_batch_size": 128,
                   "args": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}, "schedule": "cosine",
-                  "warmup_epochs": 1, "clip_grad_norm": None, "label_smoothing": 0.1},
+                  "warmup_epochs": 1, "clip_grad_norm": None, "label_smoothing": 0.1, "encoder_lr_scale": 1.0},
         "train": dict(_TRAIN, epochs=15, pretrained=None, val_every=1),
     },
     # PYSKL's test protocol: 10 clips, softmax probabilities averaged.
@@ -195,7 +195,7 @@ CHECKS = {
     "optim.optimizer": _choice(*OPTIMIZERS), "optim.lr": _auto_or(_positive), "optim.base_lr": _positive,
     "optim.base_batch_size": _positive_int, "optim.args": _mapping, "optim.schedule": _choice(*SCHEDULES),
     "optim.warmup_epochs": _real(closed=True), "optim.clip_grad_norm": _optional(_positive),
-    "optim.label_smoothing": _real(0.0, 0.999, closed=True),
+    "optim.label_smoothing": _real(0.0, 0.999, closed=True), "optim.encoder_lr_scale": _positive,
     "train.work_dir": _text, "train.epochs": _positive_int, "train.batch_size": _positive_int,
     "train.seed": _count, "train.device": _device, "train.threads": _auto_or(_positive_int),
     "train.amp": _boolean, "train.amp_dtype": _choice(*AMP_DTYPES), "train.compile": _boolean,

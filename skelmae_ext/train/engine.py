@@ -167,8 +167,8 @@ class _Trainer:
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.config['data']['source']}: the training split has {len(plan.train_set)} samples, "
                             f"fewer than one batch of {self.train['batch_size']}: lower --batch-size")
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS[self.optim["optimizer"]](parameters, lr=self.optim["lr"], **self.optim["args"])
+        self.optimizer = OPTIMIZERS[self.optim["optimizer"]](self._parameter_groups(), lr=self.optim["lr"],
+                                                               **self.optim["args"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, schedule(self.optim, self.steps_per_epoch, self.train["epochs"]))
         self.amp_dtype = getattr(torch, self.train["amp_dtype"])
@@ -177,6 +177,19 @@ class _Trainer:
         self.best = None
         self.epoch_totals = Totals()
         self.log = RunLog(self.work_dir)
+
+    def _parameter_groups(self):
+        """The trainable parameters: one group, or with optim.encoder_lr_scale != 1 (fine-tuning)
+        the model's encoder_modules() at lr * scale, then the rest at lr (the one logged). The
+        schedule scales both."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        scale = self.optim.get("encoder_lr_scale", 1.0)
+        if scale == 1.0:
+            return trainable
+        encoder = {id(p) for module in self.model.encoder_modules() for p in module.parameters()}
+        groups = [{"params": [p for p in trainable if id(p) in encoder], "lr": self.optim["lr"] * scale},
+                  {"params": [p for p in trainable if id(p) not in encoder]}]
+        return [group for group in groups if group["params"]]  # a frozen encoder leaves its group empty
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -266,7 +279,7 @@ class _Trainer:
     def _end_epoch(self):
         self.epoch += 1
         self.batch = 0
-        fields = dict(self.epoch_totals.fields(), lr=self.scheduler.get_last_lr()[0],
+        fields = dict(self.epoch_totals.fields(), lr=self.scheduler.get_last_lr()[-1],
                       epoch_time=round(time.perf_counter() - self.epoch_totals.began, 3))
         self.epoch_totals = Totals()
         every = self.train.get("val_every", 1)
@@ -288,7 +301,7 @@ class _Trainer:
         return fields
 
     def _log_step(self, interval, bar):
-        fields = dict(interval.fields(), lr=self.scheduler.get_last_lr()[0], peak_memory_mb=peak_memory_mb(self.device))
+        fields = dict(interval.fields(), lr=self.scheduler.get_last_lr()[-1], peak_memory_mb=peak_memory_mb(self.device))
         self.log.record("step", epoch=self.epoch + 1, batch=self.batch, batches=self.steps_per_epoch, step=self.step,
                         **fields)
         if bar is not None:
