@@ -106,16 +106,17 @@ def test_api_takes_paths_and_partial_configurations(pretrained, tmp_path):
 
 def test_encoder_lr_scale_slows_the_pretrained_parts_alone(pretrained):
     """optim.encoder_lr_scale: the encoder (embedding and every layer's GIN copy) learns at
-    lr * scale, the rest at lr, both groups kept in the checkpoint's optimizer."""
+    lr * scale, the rest at lr, both groups kept in the checkpoint's optimizer; from scratch the
+    option changes nothing."""
     folder, data = pretrained
     encoder = load(folder / "mae" / "latest.pth")["model"]
 
-    def run(name, scale):
+    def run(name, scale, pretrained=folder / "mae"):
         train.finetune({"data": {"source": data, "train_split": "train", "val_split": "val", "clip_len": 8,
-                                 "repeat": 1},
+                                 "repeat": 1, "layout": folder / "stick13.json"},
                         "optim": {"encoder_lr_scale": scale},
                         "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2, "threads": 1,
-                                  "pretrained": folder / "mae"}})
+                                  "pretrained": pretrained}})
         return load(folder / name / "latest.pth")
 
     def moved(state, key):
@@ -127,6 +128,7 @@ def test_encoder_lr_scale_slows_the_pretrained_parts_alone(pretrained):
     assert [g["initial_lr"] for g in groups] == pytest.approx([0.0125 / 8 * 1e-6, 0.0125 / 8])  # lr "auto" at batch 2
     key = "strl.embedding.weight"
     assert moved(same, key) > 1e-3 and moved(slow, key) < 1e-4 * moved(same, key)
+    assert len(run("scratch", 1e-6, pretrained=None)["optimizer"]["param_groups"]) == 1  # nothing pre-trained
     with pytest.raises(ConfigError, match=r"optim.encoder_lr_scale: must be > 0, got 0"):
         config.build("finetune", {"data": {"source": data, "train_split": "train", "val_split": "val"},
                                   "train": {"work_dir": folder / "x"}}, {"optim": {"encoder_lr_scale": 0}})

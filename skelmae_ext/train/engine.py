@@ -179,11 +179,11 @@ class _Trainer:
         self.log = RunLog(self.work_dir)
 
     def _parameter_groups(self):
-        """The trainable parameters: one group, or with optim.encoder_lr_scale != 1 (fine-tuning)
-        the model's encoder_modules() at lr * scale, then the rest at lr (the one logged). The
-        schedule scales both."""
+        """The trainable parameters: one group, or when fine-tuning from pre-trained weights with
+        optim.encoder_lr_scale != 1, the model's encoder_modules() at lr * scale, then the rest at
+        lr (the one logged). The schedule scales both. From scratch nothing is pre-trained."""
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        scale = self.optim.get("encoder_lr_scale", 1.0)
+        scale = self.optim.get("encoder_lr_scale", 1.0) if self.plan.weights else 1.0
         if scale == 1.0:
             return trainable
         encoder = {id(p) for module in self.model.encoder_modules() for p in module.parameters()}
