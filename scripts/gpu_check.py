@@ -38,7 +38,9 @@ SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY:
 # Selections (pytest -k). The op tests repeat on cuda for each compiled backend
 # (tests/helpers.py DEVICE_BACKENDS: ids "cuda-cuda", "cuda-triton"); test_cuda.py and
 # test_triton_compile.py match by module name.
-TESTS_K = "cuda or triton"
+# direct_op_calls: also its CPU case, which tells whether errors raised in C++ crash the GPU
+# machine's build on the CPU path too (on an H200 the CUDA case segfaulted formatting its message).
+TESTS_K = "cuda or triton or direct_op_calls"
 # memcheck: every small op test but a slice of test_matches_reference (all V and C; single
 # graph, no mask, eps 0; 203 graphs, partial mask, learnable eps; the loss's three betas, each
 # reduction and mask kind once), leaving out the largest (many_*, bitwise: 3000 graphs) and
