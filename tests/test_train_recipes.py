@@ -47,12 +47,13 @@ def pretrained(tmp_path_factory):
     return folder, data
 
 
-def finetune(folder, data, name, **options):
-    model = options.pop("model", {})
+def finetune(folder, data, name, pretrained="mae", **options):
+    model, optim = options.pop("model", {}), options.pop("optim", {})
     return train.finetune({"data": dict({"source": data, "train_split": "train", "val_split": "val", "clip_len": 8,
                                          "repeat": 1}, **options),
-                           "model": model, "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2,
-                                                     "threads": 1, "pretrained": folder / "mae"}})
+                           "model": model, "optim": optim,
+                           "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2, "threads": 1,
+                                     "pretrained": pretrained and folder / pretrained}})
 
 
 def test_linear_probe_keeps_the_pretrained_encoder(pretrained):
@@ -111,12 +112,8 @@ def test_encoder_lr_scale_slows_the_pretrained_parts_alone(pretrained):
     folder, data = pretrained
     encoder = load(folder / "mae" / "latest.pth")["model"]
 
-    def run(name, scale, pretrained=folder / "mae"):
-        train.finetune({"data": {"source": data, "train_split": "train", "val_split": "val", "clip_len": 8,
-                                 "repeat": 1, "layout": folder / "stick13.json"},
-                        "optim": {"encoder_lr_scale": scale},
-                        "train": {"work_dir": folder / name, "epochs": 2, "batch_size": 2, "threads": 1,
-                                  "pretrained": pretrained}})
+    def run(name, scale, **options):
+        finetune(folder, data, name, optim={"encoder_lr_scale": scale}, **options)
         return load(folder / name / "latest.pth")
 
     def moved(state, key):
@@ -128,7 +125,7 @@ def test_encoder_lr_scale_slows_the_pretrained_parts_alone(pretrained):
     assert [g["initial_lr"] for g in groups] == pytest.approx([0.0125 / 8 * 1e-6, 0.0125 / 8])  # lr "auto" at batch 2
     key = "strl.embedding.weight"
     assert moved(same, key) > 1e-3 and moved(slow, key) < 1e-4 * moved(same, key)
-    assert len(run("scratch", 1e-6, pretrained=None)["optimizer"]["param_groups"]) == 1  # nothing pre-trained
+    assert len(run("scratch", 1e-6, pretrained=None, layout=folder / "stick13.json")["optimizer"]["param_groups"]) == 1  # nothing pre-trained
     with pytest.raises(ConfigError, match=r"optim.encoder_lr_scale: must be > 0, got 0"):
         config.build("finetune", {"data": {"source": data, "train_split": "train", "val_split": "val"},
                                   "train": {"work_dir": folder / "x"}}, {"optim": {"encoder_lr_scale": 0}})

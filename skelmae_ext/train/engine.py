@@ -183,7 +183,7 @@ class _Trainer:
         optim.encoder_lr_scale != 1, the model's encoder_modules() at lr * scale, then the rest at
         lr (the one logged). The schedule scales both. From scratch nothing is pre-trained."""
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        scale = self.optim.get("encoder_lr_scale", 1.0) if self.plan.weights else 1.0
+        scale = self.optim["encoder_lr_scale"] if self.plan.weights else 1.0  # weights: fine-tuning alone
         if scale == 1.0:
             return trainable
         encoder = {id(p) for module in self.model.encoder_modules() for p in module.parameters()}
