@@ -72,6 +72,10 @@ OPTIONS = {
         ("--split", "data.split", dict(help="the split to pre-train on")),
         ("--mask-strategy", "model.mask_strategy", dict(choices=MASK_STRATEGIES)),
         ("--mask-parts", "model.mask_parts", dict(type=int, nargs="+", metavar="P", help="body parts masked")),
+        ("--num-mask-parts", "model.num_mask_parts", dict(type=int, metavar="N", help="parts drawn per graph "
+                                                                                      "(random_parts)")),
+        ("--mask-ratio", "model.mask_ratio", dict(type=float, metavar="R", help="share of the joints drawn per graph "
+                                                                                "(random_joints)")),
         ("--target", "model.target", dict(choices=TARGETS, help="reconstruction target (the paper: input)")),
         ("--loss", "model.loss", dict(choices=LOSSES, help="reconstruction error")),
         ("--remask", "model.remask", dict(action="store_const", const=True, help="the decoder sees masked joints' "

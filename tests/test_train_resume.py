@@ -21,7 +21,7 @@ from runs import CWD, TINY, assert_same_run, environment, load, records, skelmae
 # 12 samples / batch 4 = 3 batches an epoch, 3 epochs: random body parts masked (the torch
 # generator matters), latest.pth every 2 steps.
 PRETRAIN = ["pretrain", "--split", "train", "--epochs", 3, "--mask-strategy", "random_parts",
-            "--set", "model.num_mask_parts=2", "--save-every-steps", 2, "--log-every-steps", 1, *TINY]
+            "--num-mask-parts", 2, "--save-every-steps", 2, "--log-every-steps", 1, *TINY]
 FINETUNE = ["finetune", "--train-split", "train", "--val-split", "val", "--epochs", 3, "--warmup-epochs", 1,
             "--save-every-steps", 2, "--log-every-steps", 1, *TINY]
 
