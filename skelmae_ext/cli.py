@@ -21,7 +21,8 @@ from skelmae_reference.models import LOSSES, MASK_STRATEGIES, TARGETS
 
 from . import demo, plot
 from .data import DataError, describe, format_description
-from .train import CheckpointError, ConfigError, distributed, ensemble, evaluate, extract, finetune, info, knn, pretrain
+from .train import (CheckpointError, ConfigError, Diverged, distributed, ensemble, evaluate, extract, finetune, info,
+                    knn, pretrain)
 from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
@@ -249,7 +250,7 @@ def _main(argv):
     except KeyboardInterrupt as interrupt:
         print(f"{who}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, CheckpointError, plot.PlotError) as error:
+    except (ConfigError, DataError, CheckpointError, Diverged, plot.PlotError) as error:
         if args.debug:
             traceback.print_exc()
         message = str(error)

@@ -130,6 +130,17 @@ def test_bad_options(capsys, runs):
     assert "model: SkeletonMAE(" in fails(capsys, *pretrain_args(runs, "--set", "model.bogus=1"))
 
 
+def test_diverged_training_stops_at_the_first_non_finite_loss(capsys, runs):
+    work_dir = runs["folder"] / "diverged"
+    argv = ["finetune", "--data", runs["data"], "--train-split", "train", "--val-split", "val", "--layout",
+            runs["layout"], "--work-dir", work_dir, *TINY, "--lr", "1e30", "--log-every-steps", 1, "--epochs", 2]
+    assert cli.main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's start line
+    assert error.startswith("skelmae finetune: error: the training loss is ") and "at epoch 1, step " in error, error
+    assert error.endswith("the run diverged (try a lower --lr, or --set optim.clip_grad_norm=1); nothing was saved")
+    assert not (work_dir / "latest.pth").exists()
+
+
 def test_exit_status_and_debug_traceback(runs):
     args = ["test", "--data", runs["data"], "--split", "val", "--checkpoint", runs["folder"] / "nope.pth"]
     result = skelmae(*args, check=False)

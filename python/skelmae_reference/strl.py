@@ -177,7 +177,9 @@ class SSLClassifier(nn.Module):
     """STRL plus a classifier head, fine-tuned from a pre-trained SkeletonMAE encoder.
 
     ``freeze_encoder=True`` is the linear-probe protocol: the embedding and every encoder copy
-    keep their pre-trained weights and stay in eval mode. ``pooling="mean"`` and
+    keep their pre-trained weights; their BatchNorm statistics follow the mode, because running
+    statistics (a random encoder's, or the pre-training's beyond the first layer) do not
+    normalise what the copies see (in eval mode features grew ~60x a layer and overflowed). ``pooling="mean"`` and
     ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
     joint_embedding=False`` is the paper's model as written. ``dropout`` drops pooled features
     before the head in training. ``ops``: the implementation of the hot spots (an ops.Ops);
@@ -205,13 +207,6 @@ class SSLClassifier(nn.Module):
     def encoder_modules(self):
         """The pre-trained parts: the joint embedding and each layer's encoder copy."""
         return [self.strl.embedding] + [layer.encoder for layer in self.strl.layers]
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.freeze_encoder:
-            for module in self.encoder_modules():
-                module.eval()
-        return self
 
     def features(self, x):
         """[N, M, T, V, C] -> [N, D]: STRL output averaged over the present persons, frames and

@@ -17,11 +17,11 @@ in ``logs``, the checkpoint's keys in ``checkpoint``, the score and feature file
 
 from .checkpoint import CheckpointError
 from .config import DEFAULTS, ConfigError
-from .engine import Interrupted
+from .engine import Diverged, Interrupted
 from .environment import info
 from .evaluate import ensemble, evaluate, extract, knn
 from .finetuning import finetune
 from .pretraining import pretrain
 
-__all__ = ["CheckpointError", "ConfigError", "DEFAULTS", "Interrupted", "ensemble", "evaluate", "extract",
+__all__ = ["CheckpointError", "ConfigError", "DEFAULTS", "Diverged", "Interrupted", "ensemble", "evaluate", "extract",
            "finetune", "info", "knn", "pretrain"]

@@ -50,6 +50,10 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training: the step finished and latest.pth was written."""
 
 
+class Diverged(RuntimeError):
+    """The loss of a log interval or an epoch is not finite; nothing of it was saved."""
+
+
 @dataclass
 class Plan:
     """What ``fit`` trains: built by a recipe from its resolved configuration."""
@@ -282,6 +286,7 @@ class _Trainer:
         fields = dict(self.epoch_totals.fields(), lr=self.scheduler.get_last_lr()[-1],
                       epoch_time=round(time.perf_counter() - self.epoch_totals.began, 3))
         self.epoch_totals = Totals()
+        self._check_finite(fields["loss"])
         every = self.train.get("val_every", 1)
         if self.plan.validate is not None and (self.epoch == self.train["epochs"] or every and self.epoch % every == 0):
             began = time.perf_counter()
@@ -300,8 +305,17 @@ class _Trainer:
             self._save(epoch_checkpoint(self.epoch))
         return fields
 
+    def _check_finite(self, loss):
+        # every rank sees the same reduced loss, so all raise together
+        if not math.isfinite(loss):
+            latest = os.path.join(self.work_dir, LATEST)
+            kept = f"{latest} keeps the last epoch's state" if os.path.exists(latest) else "nothing was saved"
+            raise Diverged(f"the training loss is {loss} at epoch {self.epoch + (self.batch > 0)}, step {self.step}: "
+                           f"the run diverged (try a lower --lr, or --set optim.clip_grad_norm=1); {kept}")
+
     def _log_step(self, interval, bar):
         fields = dict(interval.fields(), lr=self.scheduler.get_last_lr()[-1], peak_memory_mb=peak_memory_mb(self.device))
+        self._check_finite(fields["loss"])
         self.log.record("step", epoch=self.epoch + 1, batch=self.batch, batches=self.steps_per_epoch, step=self.step,
                         **fields)
         if bar is not None:
