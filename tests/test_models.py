@@ -356,12 +356,16 @@ def test_from_pretrained_copies_exactly_the_pretrained_weights(tmp_path):
                 assert torch.equal(layer.encoder.state_dict()[key], value), key
 
 
+def running_variances(modules):
+    return [b.clone() for module in modules for name, b in module.named_buffers() if name.endswith("running_var")]
+
+
 def test_freeze_encoder_keeps_pretrained_weights_not_batch_statistics():
     classifier = skelmae_ext.SSLClassifier(num_classes=3, embed_dim=16, num_frames=8, freeze_encoder=True)
     classifier.train()
     frozen = classifier.encoder_modules()
     weights = [p.clone() for module in frozen for p in module.parameters()]
-    running = [b.clone() for module in frozen for name, b in module.named_buffers() if name.endswith("running_var")]
+    running = running_variances(frozen)
     assert all(not p.requires_grad for module in frozen for p in module.parameters())
     assert all(module.training for module in frozen)  # batch statistics, as in fine-tuning
     assert classifier.head.training and all(p.requires_grad for p in classifier.head.parameters())
@@ -369,8 +373,7 @@ def test_freeze_encoder_keeps_pretrained_weights_not_batch_statistics():
     loss.backward()
     assert all(p.grad is None for module in frozen for p in module.parameters())
     assert all(torch.equal(a, b) for a, b in zip(weights, (p for module in frozen for p in module.parameters())))
-    after = [b for module in frozen for name, b in module.named_buffers() if name.endswith("running_var")]
-    assert running and all(not torch.equal(a, b) for a, b in zip(running, after))
+    assert running and all(not torch.equal(a, b) for a, b in zip(running, running_variances(frozen)))
 
 
 def test_models_deepcopy_and_pickle(tmp_path):

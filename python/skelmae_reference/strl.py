@@ -177,10 +177,10 @@ class SSLClassifier(nn.Module):
     """STRL plus a classifier head, fine-tuned from a pre-trained SkeletonMAE encoder.
 
     ``freeze_encoder=True`` is the linear-probe protocol: the embedding and every encoder copy
-    keep their pre-trained weights; their BatchNorm statistics follow the mode, because running
-    statistics (a random encoder's, or the pre-training's beyond the first layer) do not
-    normalise what the copies see (in eval mode features grew ~60x a layer and overflowed). ``pooling="mean"`` and
-    ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
+    keep their pre-trained weights; their BatchNorm statistics follow the mode and are
+    re-estimated in training, because running statistics from elsewhere (a random encoder's, or
+    the pre-training's beyond the first layer) do not normalise what the copies see.
+    ``pooling="mean"`` and ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
     joint_embedding=False`` is the paper's model as written. ``dropout`` drops pooled features
     before the head in training. ``ops``: the implementation of the hot spots (an ops.Ops);
     None: this package's plain PyTorch.
