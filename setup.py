@@ -131,12 +131,15 @@ def _extension():
     limited_api = ["-DPy_LIMITED_API=0x030A0000"]
     # -fno-trapping-math: nothing reads floating-point exception flags, and without it GCC
     # will not turn the selects of PReLU into vector blends (a branch per element instead).
-    cxx_flags = opt + ["-fno-trapping-math"] + _openmp_flags() + limited_api
+    # One C++ runtime in the process: _C keeps its template instances (std::, c10::) to itself
+    # and exports only PyInit__C, so no library binds to its copies (csrc/exports.map).
+    hidden = ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
+    cxx_flags = opt + ["-fno-trapping-math"] + hidden + _openmp_flags() + limited_api
     common = dict(
         name="skelmae_ext._C",
         include_dirs=[str(ROOT / "csrc")],
         py_limited_api=True,
-        extra_link_args=_openmp_flags(),
+        extra_link_args=_openmp_flags() + [f"-Wl,--version-script={ROOT / 'csrc' / 'exports.map'}"],
     )
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
@@ -147,7 +150,11 @@ def _extension():
         )
         _write_build_info(True, arch_list)
         common["include_dirs"] += _nvidia_wheel_includes()
-        nvcc_flags = opt + ["--expt-relaxed-constexpr", "-lineinfo"] + limited_api
+        # nvcc's host compiler: the one that compiles the C++ sources (CXX, else the default c++)
+        host = shutil.which(os.environ.get("CXX", "c++"))
+        nvcc_flags = (opt + ["--expt-relaxed-constexpr", "-lineinfo"] + limited_api
+                      + [flag for h in hidden for flag in ("-Xcompiler", h)]
+                      + ([] if host is None or os.environ.get("CC") else ["-ccbin", host]))
         return CUDAExtension(
             sources=cpu_sources + cuda_sources,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},

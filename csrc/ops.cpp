@@ -46,11 +46,10 @@ PyMethodDef methods[] = {
 
 }  // namespace
 
-extern "C" {
-PyObject* PyInit__C(void) {
+// PyMODINIT_FUNC: extern "C" with default visibility, the one symbol that stays exported.
+PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
-}
 }
 
 TORCH_LIBRARY(skelmae_ext, m) {
@@ -75,11 +74,12 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_grad(Tensor grad_output, Tensor pred, Tensor target, Tensor? mask, "
       "float beta, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
-  // y = x W^T + b over the rows of x [R, in] (F.linear), on oneDNN or MKL (cpu/linear_cpu.cpp).
+  // y = x W^T + b over the last dim of x [..., in] (F.linear), on oneDNN or MKL (cpu/linear_cpu.cpp).
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // (grad_x, grad_weight, grad_bias); empty where output_mask is false.
   m.def("linear_backward(Tensor grad_output, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  // (y, mean, var): BatchNorm over the rows of x [R, C] then PReLU. With mean and var given
+  // (y, mean, var): BatchNorm over the rows of x [R, C] (or of a [B, C, H, W] in its
+  // channels-last layout; y is then channels-last) then PReLU. With mean and var given
   // (running statistics) they are used and returned; without, the batch mean and biased
   // variance are computed and returned (in float32, float64 for float64 x).
   m.def(
@@ -91,4 +91,9 @@ TORCH_LIBRARY(skelmae_ext, m) {
       "batch_norm_prelu_backward(Tensor grad_output, Tensor x, Tensor weight, Tensor bias, "
       "Tensor prelu_weight, Tensor mean, Tensor var, float eps, bool batch_stats, bool[4] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The running statistics' update after a training-mode batch_norm_prelu, as F.batch_norm's:
+  // lerp towards mean and the unbiased var (of count values) by momentum; num_batches_tracked + 1.
+  m.def(
+      "batch_norm_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!) num_batches_tracked, "
+      "Tensor mean, Tensor var, float momentum, int count) -> ()");
 }

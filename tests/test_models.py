@@ -407,12 +407,14 @@ def test_features_for_probes(model_name):
     torch.testing.assert_close(logits, classifier.head(expected))
 
 
+# Shapes are checked on the host (ValueError), finiteness on the device (torch._assert_async:
+# a RuntimeError on the CPU, no host sync on a GPU).
 BAD_INPUT = {
-    "wrong rank": (torch.randn(2, 8, 17, 2), r"must be \[N, M, T, V, C\] \(5 dims\)"),
-    "V vs layout": (torch.randn(2, 2, 8, 18, 2), r"V=18 joints but layout 'coco' has 17"),
-    "C vs model": (torch.randn(2, 2, 8, 17, 3), r"C=3 channels but the model expects in_channels=2"),
-    "NaN": (torch.full((2, 2, 8, 17, 2), float("nan")), r"contains NaN or inf"),
-    "inf": (torch.full((2, 2, 8, 17, 2), float("inf")), r"contains NaN or inf"),
+    "wrong rank": (torch.randn(2, 8, 17, 2), ValueError, r"must be \[N, M, T, V, C\] \(5 dims\)"),
+    "V vs layout": (torch.randn(2, 2, 8, 18, 2), ValueError, r"V=18 joints but layout 'coco' has 17"),
+    "C vs model": (torch.randn(2, 2, 8, 17, 3), ValueError, r"C=3 channels but the model expects in_channels=2"),
+    "NaN": (torch.full((2, 2, 8, 17, 2), float("nan")), RuntimeError, r"contains NaN or inf"),
+    "inf": (torch.full((2, 2, 8, 17, 2), float("inf")), RuntimeError, r"contains NaN or inf"),
 }
 
 
@@ -426,8 +428,8 @@ MODELS = {
 @pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_bad_input(case, model_name):
-    x, message = BAD_INPUT[case]
-    with pytest.raises(ValueError, match=rf"{model_name}: .*{message}"):
+    x, error, message = BAD_INPUT[case]
+    with pytest.raises(error, match=rf"{model_name}: .*{message}"):
         MODELS[model_name]()(x)
 
 

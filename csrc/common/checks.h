@@ -79,8 +79,8 @@ inline void check_same_shape(const char* op, const char* name, const at::Tensor&
 }
 
 inline void check_linear_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "linear: x must be [R, in], got shape ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), "linear: weight must be [out, ", x.size(1),
+  TORCH_CHECK(x.dim() >= 1, "linear: x must be [..., in], got a 0-d tensor");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(-1), "linear: weight must be [out, ", x.size(-1),
               "], got shape ", weight.sizes());
   TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "linear: weight dtype ", weight.scalar_type(),
               " differs from x dtype ", x.scalar_type());
@@ -93,14 +93,16 @@ inline void check_linear_args(const at::Tensor& x, const at::Tensor& weight, con
 }
 
 inline void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight) {
-  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(0) == x.size(0) && grad_output.size(1) == weight.size(0),
-              "linear_backward: grad_output must be [", x.size(0), ", ", weight.size(0), "], got shape ",
-              grad_output.sizes());
+  std::vector<int64_t> expected(x.sizes().begin(), x.sizes().end());
+  expected.back() = weight.size(0);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), "linear_backward: grad_output must be ", expected,
+              ", got shape ", grad_output.sizes());
 }
 
 inline void check_batch_norm_prelu_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                         const at::Tensor& prelu_weight) {
-  TORCH_CHECK(x.dim() == 2, "batch_norm_prelu: x must be [R, C], got shape ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 || x.dim() == 4, "batch_norm_prelu: x must be [R, C] or [B, C, H, W], got shape ",
+              x.sizes());
   TORCH_CHECK(x.is_floating_point(), "batch_norm_prelu: x must be floating point, got ", x.scalar_type());
   const int64_t channels = x.size(1);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == channels && bias.dim() == 1 && bias.size(0) == channels,

@@ -1,5 +1,7 @@
 // CPU kernels of skelmae_ext::batch_norm_prelu and its backward: BatchNorm over the rows of an
-// [R, C] tensor fused with the PReLU after it (the tail of every GIN encoding layer).
+// [R, C] tensor (or of a [B, C, H, W] one in its channels-last layout, [B*H*W, C]) fused with the
+// PReLU after it (the tail of every GIN encoding layer and temporal branch); and the running
+// statistics' update that follows it in training (batch_norm_update_stats).
 //
 //   x^ = (x - m) s, s = 1 / sqrt(v + eps),  a = gamma x^ + beta,  y = a if a > 0 else w a
 //   g = dy if a > 0 else w dy;  dbeta = sum_r g;  dgamma = sum_r g x^;  dw = sum_r [a <= 0] dy a
@@ -97,6 +99,21 @@ void batch_moments(const scalar_t* x, int64_t rows, int64_t channels, Acc* mean_
   }
 }
 
+// x [R, C], or [B, C, H, W] as the rows [B*H*W, C] of its channels-last layout (a copy into that
+// layout where x has another): the rows the kernels sweep.
+at::Tensor channel_rows(const at::Tensor& x) {
+  if (x.dim() == 2) return x.contiguous();
+  return x.contiguous(at::MemoryFormat::ChannelsLast)
+      .permute({0, 2, 3, 1})
+      .reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
+}
+
+// Rows [R, C] as a tensor of x's shape: x's own for [R, C], channels-last for [B, C, H, W].
+at::Tensor shaped_like(const at::Tensor& rows, const at::Tensor& x) {
+  if (x.dim() == 2) return rows;
+  return rows.view({x.size(0), x.size(2), x.size(3), x.size(1)}).permute({0, 3, 1, 2});
+}
+
 // The per-channel terms of both passes, from the statistics and the parameters:
 // s = 1 / sqrt(v + eps), a = x k + b, and the PReLU slopes w (one slope repeated).
 template <typename Acc>
@@ -131,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const std::optional<at::Tensor>& mean_in, const std::optional<at::Tensor>& var_in, double eps) {
   check_batch_norm_prelu_args(x_in, weight, bias, slope);
   check_batch_norm_prelu_statistics(mean_in, var_in);
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = channel_rows(x_in);
   const int64_t rows = x.size(0), channels = x.size(1);
   const auto stats_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor y = new_output(x);
@@ -159,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     };
     at::parallel_for(0, rows, row_grain(channels), [&](int64_t begin, int64_t end) { run_rows(apply, begin, end); });
   });
-  return {y, mean, var};
+  return {shaped_like(y, x_in), mean, var};
 }
 
 template <typename scalar_t, typename Acc>
@@ -229,8 +246,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     std::array<bool, 4> output_mask) {
   check_batch_norm_prelu_args(x_in, weight, bias, slope);
   check_same_shape("batch_norm_prelu_backward", "grad_output", grad_y_in, "x", x_in);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor grad_y = grad_y_in.to(x.scalar_type()).contiguous();
+  const at::Tensor x = channel_rows(x_in);
+  const at::Tensor grad_y = channel_rows(grad_y_in.to(x.scalar_type()));
   const int64_t rows = x.size(0), channels = x.size(1);
   const auto [need_x, need_weight, need_bias, need_slope] = output_mask;
   at::Tensor grad_x = new_output(x, need_x);
@@ -270,7 +287,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     };
     at::parallel_for(0, rows, row_grain(channels), [&](int64_t begin, int64_t end) { run_rows(input_grad, begin, end); });
   });
-  return {grad_x, grad_weight, grad_bias, grad_slope};
+  return {need_x ? shaped_like(grad_x, x_in) : grad_x, grad_weight, grad_bias, grad_slope};
+}
+
+// As F.batch_norm in training: the running statistics move towards the batch's by `momentum`
+// (the unbiased variance of `count` values into the running one), one op per layer and step.
+void update_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var, at::Tensor& num_batches_tracked,
+                      const at::Tensor& mean, const at::Tensor& var, double momentum, int64_t count) {
+  TORCH_CHECK(count > 1, "batch_norm_update_stats: count must be > 1 (an unbiased variance), got ", count);
+  num_batches_tracked.add_(1);
+  running_mean.lerp_(mean.to(running_mean.scalar_type()), momentum);
+  running_var.lerp_((var * (static_cast<double>(count) / static_cast<double>(count - 1))).to(running_var.scalar_type()),
+                    momentum);
 }
 
 }  // namespace
@@ -278,6 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 TORCH_LIBRARY_IMPL(skelmae_ext, CPU, m) {
   m.impl("batch_norm_prelu", &forward_cpu);
   m.impl("batch_norm_prelu_backward", &backward_cpu);
+  m.impl("batch_norm_update_stats", &update_stats_cpu);
 }
 
 }  // namespace skelmae

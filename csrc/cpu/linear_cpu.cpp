@@ -1,7 +1,7 @@
 // CPU kernels of skelmae_ext::linear and its backward: F.linear, its products by the faster of
 // the two engines ATen bundles (benchmarks/README.md measures both).
 //
-//   y  = x W^T + b          x [R, in], W [out, in], b [out]
+//   y  = x W^T + b          x [..., in] as rows [R, in], W [out, in], b [out]
 //   dx = dy W,   dW = (x^T dy)^T,   db = sum_r dy
 //
 // y and dx: oneDNN's inner product (ATen's mkldnn::_linear_pointwise) for float32 outputs of up
@@ -16,6 +16,7 @@
 
 #include <array>
 #include <optional>
+#include <vector>
 
 #include "../common/checks.h"
 #include "../common/output_buffers.h"
@@ -53,16 +54,29 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const std::opt
   return at::mm_out(out, x, weight.t());
 }
 
-at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  check_linear_args(x, weight, bias);
-  return product(x, weight, bias);
+// t [..., n] as rows [R, n] (a view where its layout allows); also for n = 0, unlike reshape(-1, n).
+at::Tensor as_rows(const at::Tensor& t) {
+  return t.reshape({c10::multiply_integers(t.sizes().slice(0, t.dim() - 1)), t.size(-1)});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+// rows [R, n] back to `leading` [...] + [n].
+at::Tensor from_rows(const at::Tensor& rows, at::IntArrayRef leading) {
+  std::vector<int64_t> sizes(leading.begin(), leading.end());
+  sizes.push_back(rows.size(1));
+  return rows.view(sizes);
+}
+
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_linear_args(x, weight, bias);
+  return from_rows(product(as_rows(x), weight, bias), x.sizes().slice(0, x.dim() - 1));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_y_in, const at::Tensor& x_in,
                                                                    const at::Tensor& weight,
                                                                    std::array<bool, 3> output_mask) {
-  check_linear_backward_args(grad_y, x, weight);
-  at::Tensor grad_x = output_mask[0] ? product(grad_y, weight.t(), std::nullopt) : x.new_empty({0});
+  check_linear_backward_args(grad_y_in, x_in, weight);
+  const at::Tensor grad_y = as_rows(grad_y_in), x = as_rows(x_in);
+  at::Tensor grad_x = output_mask[0] ? product(grad_y, weight.t(), std::nullopt).view(x_in.sizes()) : x.new_empty({0});
   at::Tensor grad_weight = output_mask[1] ? x.t().mm(grad_y).t().contiguous() : weight.new_empty({0});
   at::Tensor grad_bias = output_mask[2] ? grad_y.sum(0) : weight.new_empty({0});
   return {grad_x, grad_weight, grad_bias};

@@ -75,7 +75,7 @@ class GINLayer(nn.Module):
     def forward(self, h, mask=None, token=None):
         """h: [G, V, C] -> [G, V, D]."""
         graphs, joints, channels = h.shape
-        if token is None:
+        if token is None and mask is not None:  # the decoder's re-mask
             token = h.new_zeros(channels)
         ops = self.ops
         rows = ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps).reshape(graphs * joints, channels)
@@ -138,8 +138,9 @@ def check_positive_ints(**values):
 
 
 def check_skeleton_input(x, layout, in_channels, owner, dtype):
-    """Shape, dtype (floating point, the model's `dtype`) and (outside torch.compile)
-    finiteness checks of an [N, M, T, V, C] batch."""
+    """Shape, dtype (floating point, the model's `dtype`) and finiteness checks of an
+    [N, M, T, V, C] batch. Finiteness is asserted on the device (torch._assert_async): a
+    RuntimeError on the CPU; on a GPU the step queues on without waiting for the check."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 5:
@@ -155,8 +156,8 @@ def check_skeleton_input(x, layout, in_channels, owner, dtype):
     if x.dtype != dtype:
         raise ValueError(f"{owner}: x is {x.dtype} but the model's parameters are {dtype}; convert one to "
                          f"the other (x.to(dtype) or model.to(x.dtype))")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{owner}: x contains NaN or inf")
+    if not torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(x).all(), f"{owner}: x contains NaN or inf")
 
 
 class SkeletonMAE(nn.Module):

@@ -50,8 +50,23 @@ def available_backends(device="cpu"):
     return [b for b in order if unavailable_reason(b, device) is None]
 
 
+_RESOLVED = {}
+
+
 def resolve_backend(backend, device, op="skelmae_ext"):
-    """The concrete backend ("cpu", "cuda", "triton" or "reference") that `backend` means."""
+    """The concrete backend ("cpu", "cuda", "triton" or "reference") that `backend` means;
+    remembered per (backend, device) and what loaded, once found available (every op call of a
+    step asks)."""
+    if torch.compiler.is_compiling() or backend not in BACKENDS:
+        return _resolve(backend, device, op)
+    key = (backend, device, EXTENSION, TRITON, HAS_CUDA_KERNELS)
+    resolved = _RESOLVED.get(key)
+    if resolved is None:
+        resolved = _RESOLVED[key] = _resolve(backend, device, op)
+    return resolved
+
+
+def _resolve(backend, device, op):
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

@@ -8,8 +8,8 @@ import torch
 import skelmae_reference
 
 from . import backends
-from ._common import accumulate_dtype, check_float_tensor, check_same_device, creating_graph, differentiable_grads
-from ._common import fail
+from ._common import accumulate_dtype, check_float_tensor, check_same_device, constant, creating_graph
+from ._common import differentiable_grads, fail
 
 OP = "batch_norm_prelu"
 
@@ -33,25 +33,18 @@ def batch_norm_prelu(x, norm, activation=None, *, backend="auto"):
     """
     _check_inputs(x, norm, activation)
     chosen = backends.resolve_backend(backend, x.device, OP)
-    rows = _channel_rows(x)
     # a subclass (a SyncBatchNorm: statistics of every process) may change the forward pass: it runs
     own = type(norm) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
-    if chosen != "cpu" or rows is None or not norm.affine or norm.momentum is None or not own:
+    if chosen != "cpu" or not _kernel_layout(x) or not norm.affine or norm.momentum is None or not own:
         return skelmae_reference.batch_norm_prelu(x, norm, activation)
     batch_stats = norm.training or norm.running_mean is None
     y, mean, var = torch.ops.skelmae_ext.batch_norm_prelu(
-        rows, norm.weight, norm.bias, _slopes(activation, x),
+        x, norm.weight, norm.bias, _slopes(activation, x),
         None if batch_stats else norm.running_mean, None if batch_stats else norm.running_var, norm.eps)
     if norm.training and norm.running_mean is not None:
-        with torch.no_grad():  # as F.batch_norm: the unbiased variance goes into the running one
-            count = rows.shape[0]
-            norm.num_batches_tracked.add_(1)
-            norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), norm.momentum)
-            norm.running_var.lerp_((var * (count / (count - 1))).to(norm.running_var.dtype), norm.momentum)
-    if x.dim() == 2:
-        return y
-    batch, channels, height, width = x.shape
-    return y.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        torch.ops.skelmae_ext.batch_norm_update_stats(norm.running_mean, norm.running_var, norm.num_batches_tracked,
+                                                      mean, var, norm.momentum, x.numel() // x.shape[1])
+    return y
 
 
 def _check_inputs(x, norm, activation):
@@ -71,39 +64,45 @@ def _check_inputs(x, norm, activation):
     check_same_device(OP, "x", x, norm=norm.weight, activation=activation.weight if prelu else None)
 
 
-def _channel_rows(x):
-    """x as [R, C] rows without a copy: itself, or a channels-last [B, C, H, W] viewed as
-    [B*H*W, C]; None for other memory layouts."""
-    if x.dim() == 2:
-        return x
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    return None
+def _kernel_layout(x):
+    """Whether the kernel reads x as [R, C] rows without a copy: [R, C] itself, or a
+    channels-last [B, C, H, W] (its rows [B*H*W, C])."""
+    return x.dim() == 2 or x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _slopes(activation, x):
     """PReLU's slopes; ReLU is PReLU with slope 0 and no activation one with slope 1."""
     if isinstance(activation, torch.nn.PReLU):
         return activation.weight
-    return x.new_full((1,), 0.0 if isinstance(activation, torch.nn.ReLU) else 1.0)
+    return constant(0.0 if isinstance(activation, torch.nn.ReLU) else 1.0, (1,), x.dtype, x.device)
 
 
 def _rows_reference(x, weight, bias, prelu_weight, mean, var, eps, batch_stats):
-    """The fused op in plain PyTorch on x [R, C]: BatchNorm with the batch's statistics or the
-    given ones (left unchanged), then PReLU."""
+    """The fused op in plain PyTorch on x [R, C] or [B, C, H, W]: BatchNorm with the batch's
+    statistics or the given ones (left unchanged), then PReLU."""
     normalized = torch.nn.functional.batch_norm(
         x, None if batch_stats else mean, None if batch_stats else var, weight, bias, training=batch_stats, eps=eps)
     return torch.nn.functional.prelu(normalized, prelu_weight)
 
 
+def _like_x(x):
+    """A new tensor as the kernels return for x: [R, C], or channels-last [B, C, H, W]."""
+    return torch.empty_like(x, memory_format=torch.contiguous_format if x.dim() == 2 else torch.channels_last)
+
+
 def _fake(x, weight, bias, prelu_weight, mean, var, eps):
     channels, stats_dtype = x.shape[1], accumulate_dtype(x.dtype)
-    return x.new_empty(x.shape), x.new_empty(channels, dtype=stats_dtype), x.new_empty(channels, dtype=stats_dtype)
+    return _like_x(x), x.new_empty(channels, dtype=stats_dtype), x.new_empty(channels, dtype=stats_dtype)
 
 
 def _backward_fake(grad_output, x, weight, bias, prelu_weight, mean, var, eps, batch_stats, output_mask):
-    inputs = (x, weight, bias, prelu_weight)
-    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip(inputs, output_mask))
+    need_x, *need_parameters = output_mask
+    return (_like_x(x) if need_x else x.new_empty(0),
+            *(t.new_empty(t.shape if need else (0,)) for t, need in zip((weight, bias, prelu_weight), need_parameters)))
+
+
+def _update_stats_fake(running_mean, running_var, num_batches_tracked, mean, var, momentum, count):
+    return None
 
 
 def _setup_context(ctx, inputs, output):
@@ -133,6 +132,7 @@ def _backward(ctx, grad_y, _unused_grad_mean, _unused_grad_var):
 def _register(backend):
     torch.library.register_fake("skelmae_ext::batch_norm_prelu")(_fake)
     torch.library.register_fake("skelmae_ext::batch_norm_prelu_backward")(_backward_fake)
+    torch.library.register_fake("skelmae_ext::batch_norm_update_stats")(_update_stats_fake)
     torch.library.register_autograd("skelmae_ext::batch_norm_prelu", _backward, setup_context=_setup_context)
 
 

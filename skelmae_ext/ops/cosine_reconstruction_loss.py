@@ -38,12 +38,10 @@ def cosine_reconstruction_loss(pred, target, mask=None, beta=2.0, reduction="mea
     chosen = backends.resolve_backend(backend, pred.device, OP)
     if chosen == "reference":
         return skelmae_reference.cosine_reconstruction_loss(pred, target, mask, beta, reduction)
-    # The forward writes the gradients too (each counted row read once), which the backward
-    # scales or, for grad_output = 1 on the CPU, hands over. Where it could not hand them over
-    # (a compiled CPU forward, or "none"), the CPU forward computes the loss alone and the
-    # backward the gradients from the inputs (cosine_reconstruction_loss_grad): cheaper than a
-    # scaling pass.
-    recompute = chosen == "cpu" and (torch.compiler.is_compiling() or reduction == "none")
+    # On the CPU the forward computes the loss alone and the backward the gradients from the
+    # inputs (cosine_reconstruction_loss_grad, grad_output read as a tensor). Elsewhere the forward
+    # writes the gradients too (each counted row read once) and the backward scales them.
+    recompute = chosen == "cpu"
     output_mask = [False, False] if recompute else [needs_grad(pred), needs_grad(target)]
     loss, _, _ = backends.compiled_op(OP, chosen)(
         rows(pred),
@@ -106,25 +104,15 @@ def _setup_context_with(grad_op):
         ctx.set_materialize_grads(False)
         if grad_op is not None and pred.device.type == "cpu":
             ctx.save_for_backward(pred, target, mask)
-        # Not saved tensors: a backward that hands them over drops them (the caller may change
-        # them in place; a second backward recomputes).
         ctx.forward_grads = (grad_pred, grad_target)
 
     return setup_context
 
 
-def _is_exactly_one(tensor):
-    """Whether a CPU scalar tensor holds 1 (read on the host: free on the CPU, not traceable)."""
-    return (type(tensor) is torch.Tensor and tensor.device.type == "cpu" and tensor.numel() == 1
-            and not torch.compiler.is_compiling() and tensor.item() == 1)
-
-
 def _backward_with(backward_op, grad_op=None):
-    """The loss's autograd formula. The forward's gradients, where it computed those needed:
-    handed over as they are for grad_output = 1 on the CPU (loss.backward(); once: a second
-    backward through a retained graph recomputes), else scaled by grad_output (backward_op, read
-    as a tensor: no host sync). Otherwise grad_op computes them from the inputs (the C++ ops on
-    the CPU). Gradients to be differentiated again come from the reference path on the inputs,
+    """The loss's autograd formula. The forward's gradients, where it computed those needed,
+    scaled by grad_output (backward_op, read as a tensor: no host sync); otherwise grad_op
+    computes them from the inputs (the C++ ops on the CPU). Gradients to be differentiated again come from the reference path on the inputs,
     which only the CPU route keeps."""
 
     def backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
@@ -142,12 +130,8 @@ def _backward_with(backward_op, grad_op=None):
                 lambda p, t: skelmae_reference.cosine_reconstruction_loss(p, t, mask, ctx.beta, ctx.reduction),
                 (pred, target), needed, grad_loss), None, None, None, None)
         forward_computed = all(computed or not need for need, computed in zip(needed, ctx.output_mask))
-        if forward_computed and ctx.forward_grads is not None:
-            grad_pred, grad_target = ctx.forward_grads
-            if _is_exactly_one(grad_loss) and grad_op is not None:
-                ctx.forward_grads = None
-            else:
-                grad_pred, grad_target = backward_op(grad_loss, grad_pred, grad_target, needed)
+        if forward_computed:
+            grad_pred, grad_target = backward_op(grad_loss, *ctx.forward_grads, needed)
         elif grad_op is not None and has_kernel(OP + "_grad", grad_loss.device.type.upper()):
             grad_pred, grad_target = grad_op(grad_loss, *ctx.saved_tensors, ctx.beta, ctx.reduction, needed)
         else:

@@ -26,8 +26,7 @@ def linear(x, weight, bias=None, *, backend="auto"):
     _check_inputs(x, weight, bias)
     if backends.resolve_backend(backend, x.device, OP) != "cpu":
         return torch.nn.functional.linear(x, weight, bias)
-    y = torch.ops.skelmae_ext.linear(rows(x), weight, bias)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return torch.ops.skelmae_ext.linear(x, weight, bias)
 
 
 def _check_inputs(x, weight, bias):
@@ -49,7 +48,7 @@ def _check_inputs(x, weight, bias):
 
 
 def _fake(x, weight, bias):
-    return x.new_empty(x.shape[0], weight.shape[0])
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def _backward_fake(grad_output, x, weight, output_mask):
@@ -70,7 +69,7 @@ def _backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
     needed = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     if creating_graph():
-        grads = (grad_y.mm(weight), grad_y.t().mm(x), grad_y.sum(0))
+        grads = (grad_y.matmul(weight), rows(grad_y).t().mm(rows(x)), rows(grad_y).sum(0))
     else:
         grads = torch.ops.skelmae_ext.linear_backward(grad_y, x, weight, needed)
     return tuple(g if need else None for g, need in zip(grads, needed))

@@ -9,7 +9,7 @@ import torch
 import skelmae_reference
 
 from . import backends
-from ._common import (FLOAT_DTYPES, accumulate_dtype, check_float_tensor, check_mask, check_same_device,
+from ._common import (FLOAT_DTYPES, accumulate_dtype, check_float_tensor, check_mask, check_same_device, constant,
                       creating_graph, differentiable_grads, fail)
 
 OP = "masked_graph_conv"
@@ -24,7 +24,7 @@ def masked_graph_conv(x, mask, token, adjacency, eps=0.0, *, backend="auto"):
     Args:
         x: [G, V, C] floating point, G = every (sample, person, frame) graph.
         mask: [G, V] bool (True = replace the joint by the token), or None.
-        token: [C], x's dtype: the learnable mask token.
+        token: [C], x's dtype: the learnable mask token; None (zeros) where mask is None.
         adjacency: [V, V] float or bool, the layout's binary symmetric adjacency without
             self-loops (any real weights work; no gradient flows to it).
         eps: float or 0-d tensor; a tensor that requires grad gets its gradient.
@@ -37,11 +37,13 @@ def masked_graph_conv(x, mask, token, adjacency, eps=0.0, *, backend="auto"):
     chosen = backends.resolve_backend(backend, x.device, OP)
     if chosen == "reference":
         return skelmae_reference.masked_graph_conv(x, mask, token, adjacency, eps)
+    if token is None:
+        token = constant(0.0, (x.shape[-1],), x.dtype, x.device)
     if isinstance(eps, torch.Tensor):
-        eps_tensor = eps.to(x.device)
+        eps = eps.to(x.device)
     else:
-        eps_tensor = torch.tensor(float(eps), dtype=accumulate_dtype(x.dtype), device=x.device)
-    return backends.compiled_op(OP, chosen)(x, mask, token, adjacency, eps_tensor)
+        eps = constant(float(eps), (), accumulate_dtype(x.dtype), x.device)
+    return backends.compiled_op(OP, chosen)(x, mask, token, adjacency, eps)
 
 
 def _check_inputs(x, mask, token, adjacency, eps):
@@ -49,11 +51,12 @@ def _check_inputs(x, mask, token, adjacency, eps):
     if x.dim() != 3:
         fail(OP, "x", "of shape [G, V, C] (3 dims)", f"shape {tuple(x.shape)}")
     graphs, joints, channels = x.shape
-    check_float_tensor(OP, "token", token)
-    if tuple(token.shape) != (channels,):
-        fail(OP, "token", f"of shape ({channels},) (C of x)", f"shape {tuple(token.shape)}")
-    if token.dtype != x.dtype:
-        fail(OP, "token", f"of x's dtype {x.dtype}", token.dtype)
+    if token is not None or mask is not None:
+        check_float_tensor(OP, "token", token)
+        if tuple(token.shape) != (channels,):
+            fail(OP, "token", f"of shape ({channels},) (C of x)", f"shape {tuple(token.shape)}")
+        if token.dtype != x.dtype:
+            fail(OP, "token", f"of x's dtype {x.dtype}", token.dtype)
     if not isinstance(adjacency, torch.Tensor) or not (
         adjacency.dtype in FLOAT_DTYPES or adjacency.dtype == torch.bool
     ):
