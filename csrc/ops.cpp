@@ -74,6 +74,13 @@ TORCH_LIBRARY(skelmae_ext, m) {
   m.def(
       "cosine_reconstruction_loss_grad(Tensor grad_output, Tensor pred, Tensor target, Tensor? mask, "
       "float beta, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
+  // outer @ inner (+ outer with plus_identity) in float64, in outer's dtype: two Linear weights
+  // folded into one (common/fold_weights.cpp, every device).
+  m.def("fold_weights(Tensor outer, Tensor inner, bool plus_identity) -> Tensor");
+  // (grad_outer, grad_inner); empty where output_mask is false.
+  m.def(
+      "fold_weights_backward(Tensor grad_output, Tensor outer, Tensor inner, bool plus_identity, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
   // y = x W^T + b over the last dim of x [..., in] (F.linear), on oneDNN or MKL (cpu/linear_cpu.cpp).
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // (grad_x, grad_weight, grad_bias); empty where output_mask is false.

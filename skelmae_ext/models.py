@@ -36,15 +36,8 @@ class BackendOps:
     def linear(self, x, weight, bias=None):
         return ops.linear(x, weight, bias, backend=self.backend)
 
-
-def fold(outer, inner, plus_identity=False):
-    """outer @ inner (outer @ (I + inner) with plus_identity): two Linear weights folded into one,
-    computed in float64. The folded matrix multiplies every row of a batch, so its rounding
-    errors do not average out, and a product that cancels loses digits in float32
-    (tests/test_twins_training.py: 1e-7 off float64 folded so, up to 2e-2 folded in float32)."""
-    outer64 = outer.double()
-    product = outer64 @ inner.double()
-    return (product + outer64 if plus_identity else product).to(outer.dtype)
+    def fold_weights(self, outer, inner, plus_identity=False):
+        return ops.fold_weights(outer, inner, plus_identity, backend=self.backend)
 
 
 class SkeletonMAE(skelmae_reference.SkeletonMAE):
@@ -72,7 +65,7 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
             rows.append(self.mask_token[None])
         aggregated = self.ops.masked_graph_conv(augmented, None, augmented.new_zeros(augmented.shape[-1]),
                                                 first.adjacency, first.eps)
-        folded = fold(mlp.first.weight, torch.cat(rows).t())
+        folded = self.ops.fold_weights(mlp.first.weight, torch.cat(rows).t())
         projected = self.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, mlp.first.bias)
         # the rest of the first layer, as GINLayer.forward
         hidden = self.ops.batch_norm_prelu(projected, mlp.norm, mlp.activation)
@@ -89,7 +82,7 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
         # applied first, and the aggregation runs on C_out channels (2 for x, y) instead of D.
         # Same function, about 3 fewer [G*V, D] x [D, D] matrix products per step.
         layer = self.decoder
-        folded = fold(layer.mlp.weight, self.encoder_to_decoder.weight)
+        folded = self.ops.fold_weights(layer.mlp.weight, self.encoder_to_decoder.weight)
         projected = self.ops.linear(hidden, folded)
         token = projected.new_zeros(projected.shape[-1])
         aggregated = self.ops.masked_graph_conv(projected, mask if self.remask else None, token, layer.adjacency,
@@ -129,7 +122,7 @@ class STRLLayer(skelmae_reference.strl.STRLLayer):
         # [N, T, D] tensor before it is repeated. Same function, two fewer [N*M*T*V, D] x [D, D]
         # products per layer and step, and no [N, M, T, V, D] intermediate sums.
         update, residual = self.update, self.residual
-        folded = fold(update.weight, residual.weight, plus_identity=True)
+        folded = self.ops.fold_weights(update.weight, residual.weight, plus_identity=True)
         repeated = F.linear(interaction + residual.bias, update.weight, update.bias)
         # relu_ in place on the sum (not add_ on the Linear's output: a view, whose in-place
         # backward clones the gradient)

@@ -23,8 +23,9 @@ from .backends import (BACKENDS, EXTENSION, TRITON, available_backends, cpu_cach
                        resolve_backend)
 from .batch_norm_prelu import batch_norm_prelu
 from .cosine_reconstruction_loss import cosine_reconstruction_loss
+from .fold_weights import fold_weights
 from .linear import linear
 from .masked_graph_conv import masked_graph_conv
 
 __all__ = ["BACKENDS", "EXTENSION", "TRITON", "available_backends", "batch_norm_prelu", "cosine_reconstruction_loss",
-           "cpu_cache_bytes", "empty_cpu_cache", "linear", "masked_graph_conv", "resolve_backend"]
+           "cpu_cache_bytes", "empty_cpu_cache", "fold_weights", "linear", "masked_graph_conv", "resolve_backend"]
