@@ -6,7 +6,7 @@ the one they were built against) a warning is given once and the ops use the ref
 
 from . import layouts, ops
 from .layouts import Layout, get_layout
-from .models import STRL, SkeletonMAE, SSLClassifier
+from .models import STRL, SkeletonMAE, SSLClassifier, TrunkMAE
 from .ops import EXTENSION, available_backends, cosine_reconstruction_loss, masked_graph_conv
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "SSLClassifier",
     "STRL",
     "SkeletonMAE",
+    "TrunkMAE",
     "get_layout",
     "layouts",
     "available_backends",

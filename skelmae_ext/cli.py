@@ -18,12 +18,13 @@ import yaml
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from skelmae_reference.models import LOSSES, MASK_STRATEGIES, TARGETS
+from skelmae_reference.trunk import TRUNK_TARGETS
 
 from . import demo, plot
 from .data import DataError, describe, format_description
 from .train import (CheckpointError, ConfigError, Diverged, distributed, ensemble, evaluate, extract, finetune, info,
                     knn, pretrain)
-from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, to_yaml
+from .train.config import DEFAULTS, FEATS, PRETRAIN_MODELS, build, load_yaml, nest, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
 
@@ -75,9 +76,13 @@ OPTIONS = {
         ("--mask-parts", "model.mask_parts", dict(type=int, nargs="+", metavar="P", help="body parts masked")),
         ("--num-mask-parts", "model.num_mask_parts", dict(type=int, metavar="N", help="parts drawn per graph "
                                                                                       "(random_parts)")),
+        ("--objective", "model.objective", dict(choices=list(PRETRAIN_MODELS), help="frame: the paper's per-frame "
+                                                "SkeletonMAE; trunk: masked tubes over the whole STRL trunk")),
         ("--mask-ratio", "model.mask_ratio", dict(type=float, metavar="R", help="share of the joints drawn per graph "
-                                                                                "(random_joints)")),
-        ("--target", "model.target", dict(choices=TARGETS, help="reconstruction target (the paper: input)")),
+                                                                                "(random_joints), of the tubes (trunk)")),
+        ("--chunk", "model.chunk", dict(type=int, metavar="K", help="frames per masked tube (trunk)")),
+        ("--target", "model.target", dict(choices=TARGETS + TRUNK_TARGETS, help="reconstruction target (frame: input, "
+                                          "centred or embedding; trunk: motion, position or both)")),
         ("--loss", "model.loss", dict(choices=LOSSES, help="reconstruction error")),
         ("--remask", "model.remask", dict(action="store_const", const=True, help="the decoder sees masked joints' "
                                                                                  "codes as zeros (the paper)")),

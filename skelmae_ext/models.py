@@ -155,7 +155,16 @@ class SSLClassifier(skelmae_reference.SSLClassifier):
         super().__init__(*args, ops=BackendOps(backend), **kwargs)
         _fold_layers(self.strl)
 
-    def from_pretrained(self, source):
+    def load_pretrained(self, source):
         """As the reference's; ``source`` may also name an encoder shipped with the package
         ("coco17": skelmae_ext.pretrained)."""
-        return super().from_pretrained(pretrained.resolve(source))
+        return super().load_pretrained(pretrained.resolve(source))
+
+
+class TrunkMAE(skelmae_reference.TrunkMAE):
+    """skelmae_reference.TrunkMAE (same arguments) on skelmae_ext's kernels: ``backend`` as for
+    SkeletonMAE."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, ops=BackendOps(backend), **kwargs)
+        _fold_layers(self.strl)

@@ -449,8 +449,8 @@ def test_num_frames_mismatch(model_name):
 
 @pytest.mark.parametrize("source", [42, None, ["encoder.embedding.weight"]], ids=["int", "None", "list"])
 def test_from_pretrained_of_something_else(source):
-    with pytest.raises(ValueError, match=r"from_pretrained: source must be a SkeletonMAE, its state_dict or the "
-                                         r"path of a checkpoint file holding one, got (int|NoneType|list)"):
+    with pytest.raises(ValueError, match=r"from_pretrained: source must be a SkeletonMAE or TrunkMAE, its state_dict "
+                                         r"or the path of a checkpoint file holding one, got (int|NoneType|list)"):
         skelmae_ext.SSLClassifier(3, num_frames=8).from_pretrained(source)
 
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from skelmae_ext import train
-from skelmae_ext.train import ConfigError, config, engine, inputs
+from skelmae_ext.train import ConfigError, config, engine, finetuning, inputs
 
 from runs import load, write_stick
 
@@ -131,3 +131,48 @@ def test_encoder_lr_scale_slows_the_pretrained_parts_alone(pretrained):
     with pytest.raises(ConfigError, match=r"optim.encoder_lr_scale: must be > 0, got 0"):
         config.build("finetune", {"data": {"source": data, "train_split": "train", "val_split": "val"},
                                   "train": {"work_dir": folder / "x"}}, {"optim": {"encoder_lr_scale": 0}})
+
+
+@pytest.fixture(scope="module")
+def trunk(pretrained):
+    """The stick data pre-trained with the trunk objective (work dir "trunk")."""
+    folder, data = pretrained
+    train.pretrain({"data": {"source": data, "split": "train", "layout": folder / "stick13.json", "clip_len": 8,
+                             "repeat": 1},
+                    "model": {"objective": "trunk", "embed_dim": 8},
+                    "train": {"work_dir": folder / "trunk", "epochs": 1, "batch_size": 4, "threads": 1}})
+    return pretrained
+
+
+def test_trunk_objective_pretrains_the_trunk_and_every_trunk_weight_reaches_the_classifier(trunk):
+    """--objective trunk: TrunkMAE with its own model defaults; fine-tuning from it starts every
+    STRL weight from the pre-training, the head alone random, and the log says so."""
+    folder, data = trunk
+    state = load(folder / "trunk" / "latest.pth")
+    assert state["model_class"] == "TrunkMAE"
+    assert state["model_args"]["num_frames"] == 8 and state["model_args"]["target"] == "motion"
+    plan = finetuning.plan({"data": {"source": data, "train_split": "train", "val_split": "val", "clip_len": 8},
+                            "train": {"work_dir": folder / "from-trunk", "pretrained": folder / "trunk"}})
+    trunk = {key[len("strl."):]: value for key, value in state["model"].items() if key.startswith("strl.")}
+    assert set(trunk) == set(plan.model.strl.state_dict())
+    for key, value in plan.model.strl.state_dict().items():
+        assert torch.equal(value, trunk[key]), key
+    assert len(plan.notes) == 1 and f"{len(trunk)} weights loaded" in plan.notes[0]
+    assert plan.notes[0].endswith("start random (head (4))")
+
+
+def test_a_trunk_fine_tuned_on_clips_of_another_length_says_which(trunk):
+    folder, data = trunk
+    with pytest.raises(train.CheckpointError, match=r"pre-trained the trunk on clips of 8 frames, and this run's are "
+                                                    r"16: pass --clip-len 8"):
+        finetuning.plan({"data": {"source": data, "train_split": "train", "val_split": "val", "clip_len": 16},
+                         "train": {"work_dir": folder / "other", "pretrained": folder / "trunk"}})
+
+
+def test_the_objective_picks_its_model_defaults():
+    required = {"data": {"source": "data.pkl", "split": "train"}, "train": {"work_dir": "run"}}
+    assert config.build("pretrain", required, {"model": {"objective": "trunk"}})["model"] == dict(
+        objective="trunk", **config.PRETRAIN_MODELS["trunk"])
+    assert config.build("pretrain", required)["model"] == dict(objective="frame", **config.PRETRAIN_MODELS["frame"])
+    with pytest.raises(ConfigError, match=r"model.objective: must be one of \['frame', 'trunk'\], got 'tube'"):
+        config.build("pretrain", required, {"model": {"objective": "tube"}})

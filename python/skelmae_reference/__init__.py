@@ -9,10 +9,11 @@ from .layouts import BUILTIN_LAYOUTS, PART_NAMES, Layout, get_layout, layout_fro
 from .models import GINEncoder, GINLayer, SkeletonEncoder, SkeletonMAE, SkeletonMAEOutput
 from .ops import Ops, ReferenceOps, batch_norm_prelu, cosine_reconstruction_loss, linear, masked_graph_conv
 from .strl import STRL, SSLClassifier
+from .trunk import TrunkMAE, TrunkMAEOutput
 
 __all__ = [
     "BUILTIN_LAYOUTS", "PART_NAMES", "Layout", "get_layout", "layout_from_dict",
     "GINEncoder", "GINLayer", "SkeletonEncoder", "SkeletonMAE", "SkeletonMAEOutput",
     "Ops", "ReferenceOps", "batch_norm_prelu", "cosine_reconstruction_loss", "linear", "masked_graph_conv", "STRL",
-    "SSLClassifier",
+    "SSLClassifier", "TrunkMAE", "TrunkMAEOutput",
 ]

@@ -160,14 +160,19 @@ class STRL(nn.Module):
         if x.shape[2] != self.num_frames:
             raise ValueError(f"{owner}: x has T={x.shape[2]} frames but num_frames={self.num_frames}")
 
-    def forward(self, x):
-        """x: [N, M, T, V, C] -> [N, M, T, V, D]."""
+    def forward(self, x, mask=None, token=None):
+        """x: [N, M, T, V, C] -> [N, M, T, V, D]. With a mask [N, M, T, V] (bool), the masked
+        joints' embeddings are the token [D] (trunk pre-training: see trunk.TrunkMAE), before the
+        position embeddings are added."""
         self.check_input(x)
         persons = present_persons(x)
         position = self.position[:, None, :]
         if self.joint_position is not None:
             position = position + self.joint_position
-        h = (self.ops.linear(x, self.embedding.weight, self.embedding.bias) + position) * persons[:, :, None, None, None]
+        h = self.ops.linear(x, self.embedding.weight, self.embedding.bias)
+        if mask is not None:
+            h = torch.where(mask[..., None], token.to(h.dtype), h)
+        h = (h + position) * persons[:, :, None, None, None]
         for layer in self.layers:
             h = layer(h, persons)
         return h
@@ -222,16 +227,38 @@ class SSLClassifier(nn.Module):
         """[N, M, T, V, C] -> logits [N, num_classes]."""
         return self.head(self.dropout(self.features(x)))
 
-    @torch.no_grad()
     def from_pretrained(self, source):
-        """Copies a pre-trained SkeletonMAE encoder (a model, its state_dict, or a checkpoint
-        file holding one) into the embedding and every STRL layer's encoder. Returns self."""
-        state = _encoder_state(source)
-        self.strl.embedding.load_state_dict(_subtree(state, "encoder.embedding."))
-        gin = _subtree(state, "encoder.gin.")
-        for layer in self.strl.layers:
-            layer.encoder.load_state_dict(gin)
+        """load_pretrained(source), returning self."""
+        self.load_pretrained(source)
         return self
+
+    @torch.no_grad()
+    def load_pretrained(self, source):
+        """Copies pre-trained weights (a model, its state_dict, or a checkpoint file holding one)
+        into the classifier; the head always starts random. From a TrunkMAE: every trunk weight
+        (``strl.*``: embeddings, every STRL layer). From a SkeletonMAE: its encoder, into the
+        joint embedding and every STRL layer's encoder copy. Returns (loaded, random): the names
+        of the state_dict entries that took pre-trained values and of those that did not."""
+        state = _encoder_state(source)
+        if any(key.startswith("strl.") for key in state):
+            trunk = _subtree(state, "strl.")
+            own = self.strl.state_dict()
+            misfits = [f"strl.{key} {tuple(value.shape)} (here {tuple(own[key].shape) if key in own else 'absent'})"
+                       for key, value in trunk.items() if key not in own or own[key].shape != value.shape]
+            if misfits:
+                raise ValueError(f"the pre-trained trunk does not fit this classifier (build it with the "
+                                 f"pre-training's arguments): {', '.join(misfits[:4])}")
+            self.strl.load_state_dict(trunk, strict=False)
+            loaded = {f"strl.{key}" for key in trunk}
+        else:
+            self.strl.embedding.load_state_dict(_subtree(state, "encoder.embedding."))
+            gin = _subtree(state, "encoder.gin.")
+            for layer in self.strl.layers:
+                layer.encoder.load_state_dict(gin)
+            loaded = {f"strl.embedding.{key}" for key in self.strl.embedding.state_dict()} | {
+                f"strl.layers.{i}.encoder.{key}" for i in range(len(self.strl.layers)) for key in gin}
+        names = list(self.state_dict())
+        return [name for name in names if name in loaded], [name for name in names if name not in loaded]
 
 
 def _encoder_state(source):
@@ -240,8 +267,8 @@ def _encoder_state(source):
     if isinstance(source, (str, os.PathLike)):
         source = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(source, dict):
-        raise ValueError(f"from_pretrained: source must be a SkeletonMAE, its state_dict or the path of a "
-                         f"checkpoint file holding one, got {type(source).__name__}")
+        raise ValueError(f"from_pretrained: source must be a SkeletonMAE or TrunkMAE, its state_dict or the path "
+                         f"of a checkpoint file holding one, got {type(source).__name__}")
     for key in ("state_dict", "model"):
         if isinstance(source.get(key), dict):
             return source[key]
@@ -251,5 +278,6 @@ def _encoder_state(source):
 def _subtree(state, prefix):
     sub = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     if not sub:
-        raise ValueError(f"pre-trained weights have no '{prefix}*' entries: not a SkeletonMAE state_dict")
+        raise ValueError(f"pre-trained weights have no '{prefix}*' entries: not a SkeletonMAE or TrunkMAE "
+                         "state_dict")
     return sub

@@ -41,7 +41,7 @@ from .. import models
 
 FORMAT = "skelmae_ext.checkpoint/1"
 KINDS = ("pretrain", "finetune")
-MODELS = {"SkeletonMAE": models.SkeletonMAE, "SSLClassifier": models.SSLClassifier}
+MODELS = {"SkeletonMAE": models.SkeletonMAE, "TrunkMAE": models.TrunkMAE, "SSLClassifier": models.SSLClassifier}
 KILL_ENV = "SKELMAE_TEST_KILL_IN_SAVE"
 _PARTIAL = ".partial"  # the temporary files end so
 _saves = 0

@@ -35,12 +35,20 @@ _TRAIN = {"work_dir": None, "epochs": 50, "batch_size": 16, "seed": 0, "device":
           # several processes (torchrun): SyncBatchNorm, and the seconds a collective may wait
           "sync_bn": False, "dist_timeout": DIST_TIMEOUT}
 
+# The model section of each pre-training objective (model.objective, which picks the defaults):
+# "frame", the paper's per-frame SkeletonMAE; "trunk", the STRL trunk's (TrunkMAE: masked tubes
+# of joints over time, motion target, MAMP's 90% masking).
+PRETRAIN_MODELS = {
+    "frame": {"embed_dim": 64, "num_layers": 3, "mask_strategy": "parts", "mask_parts": [3, 5], "target": "centred",
+              "loss": "cosine", "remask": False},
+    "trunk": {"embed_dim": 64, "num_layers": 3, "num_strl_layers": 3, "mask_ratio": 0.9, "chunk": 4,
+              "target": "motion"},
+}
 DEFAULTS = {
     # docs/design.md section 5: Adam 1.5e-4, no weight decay, no schedule; the paper's 50 epochs.
     "pretrain": {
         "data": dict(_DATA, split=None),
-        "model": {"embed_dim": 64, "num_layers": 3, "mask_strategy": "parts", "mask_parts": [3, 5],
-                  "target": "centred", "loss": "cosine", "remask": False},
+        "model": dict(objective="frame", **PRETRAIN_MODELS["frame"]),
         "optim": {"optimizer": "adam", "lr": AUTO, "base_lr": 1.5e-4, "base_batch_size": 16,
                   "args": {"weight_decay": 0.0}, "schedule": "constant", "warmup_epochs": 0,
                   "clip_grad_norm": None},
@@ -270,8 +278,15 @@ def nest(dotted):
 
 def build(command, *updates):
     """``command``'s defaults with each update (nested dicts: a YAML file's, the command line's)
-    merged in order, checked."""
+    merged in order, checked. A pre-training's model defaults are its objective's (the last
+    update's model.objective)."""
     config = defaults(command)
+    if command == "pretrain":
+        objective = next((update["model"]["objective"] for update in reversed(updates)
+                          if isinstance(update.get("model"), dict) and "objective" in update["model"]), "frame")
+        if not isinstance(objective, str) or objective not in PRETRAIN_MODELS:
+            raise ConfigError("model.objective", f"must be one of {list(PRETRAIN_MODELS)}, got {objective!r}")
+        config["model"] = dict(objective=objective, **copy.deepcopy(PRETRAIN_MODELS[objective]))
     for update in updates:
         config = merge(config, update)
     return check(command, config)

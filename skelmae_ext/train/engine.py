@@ -67,6 +67,7 @@ class Plan:
     loss: Callable  # (forward, x, y) -> (0-d loss, number of right answers or None)
     validate: Callable = None  # model -> {"top1", "top5", "mean_class_accuracy"}
     weights: str = None  # the file the model's weights started from (--pretrained), if any
+    notes: list = field(default_factory=list)  # lines the log opens with (what --pretrained loaded)
 
 
 @dataclass
@@ -213,6 +214,8 @@ class _Trainer:
                       f"{self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}, step {self.step}, "
                       f"{len(self.plan.train_set)} samples, {batch}, device {self.device}, "
                       f"kernels {kernels(self.device)['backend']}, work dir {self.work_dir}")
+        for note in [] if resumed_from else self.plan.notes:  # a resumed run's weights are its own
+            self.log.text(note)
         self.log.record("start", epoch=self.epoch, step=self.step, resumed_from=resumed_from)
         last = {}
         with _CtrlC() as ctrl_c:

@@ -1,8 +1,10 @@
 """SSL classifier fine-tuning and linear probing (docs/design.md section 6): ``finetune(config)``.
 
 With ``train.pretrained`` (a pre-training checkpoint or its work directory), the layout and the
-encoder's widths default to the checkpoint's, and each STRL layer's encoder starts from its
-weights (``SSLClassifier.from_pretrained``). ``model.freeze_encoder`` is the linear probe.
+encoder's widths default to the checkpoint's, and the classifier starts from its weights
+(``SSLClassifier.load_pretrained``): a trunk pre-training's every trunk weight, a per-frame one's
+encoder in every STRL layer; the log says which weights were loaded and which start random.
+``model.freeze_encoder`` is the linear probe.
 """
 
 import torch.nn.functional as F
@@ -14,8 +16,10 @@ from .config import AUTO
 from .evaluate import predict
 from .workdir import find_checkpoint
 
-# The encoder's shape: a pre-trained encoder fits only a model built with its values.
+# The encoder's shape: a pre-trained encoder fits only a model built with its values; a trunk's
+# (TrunkMAE) also fixes the STRL's.
 ENCODER_ARGS = ("embed_dim", "num_layers", "learn_eps")
+TRUNK_ARGS = ENCODER_ARGS + ("num_strl_layers", "pooling", "joint_embedding")
 
 
 def plan(config):
@@ -38,12 +42,15 @@ def plan(config):
                                seed=train["seed"], label_fraction=data_config["label_fraction"])
     val_set = inputs.dataset(data, data_config, data_config["val_split"], layout, num_person, mode="test",
                              num_clips=data_config["val_clips"])
-    config["model"] = _model_args(config["model"], pretrained, train_set.in_channels)
+    config["model"] = _model_args(config["model"], pretrained, train_set.in_channels, data_config["clip_len"])
     args = dict(config["model"], num_classes=train_set.num_classes, in_channels=train_set.in_channels,
                 num_frames=data_config["clip_len"], num_persons=num_person)
     model = construct("SSLClassifier", layout, args)
+    notes = []
     if pretrained is not None:
-        model.from_pretrained(pretrained[1])
+        loaded, random = model.load_pretrained(pretrained[1])
+        notes.append(f"from {pretrained[0]}: {len(loaded)} weights loaded ({_summary(loaded)}); {len(random)} start "
+                     f"random ({_summary(random)})")
     record = {"model_class": "SSLClassifier", "model_args": args, "layout": layout.to_dict(),
               "class_names": train_set.class_names}
     smoothing = config["optim"]["label_smoothing"]
@@ -63,7 +70,7 @@ def plan(config):
         return result
 
     return engine.Plan("finetune", config, device, model, record, train_set, loss, validate,
-                       weights=pretrained and pretrained[0])
+                       weights=pretrained and pretrained[0], notes=notes)
 
 
 def finetune(config):
@@ -100,12 +107,23 @@ def _pretrained_layout(pretrained, option, data, source):
     return layout
 
 
-def _model_args(model_config, pretrained, in_channels):
+def _summary(names):
+    """State_dict names grouped by module, up to the STRL layer: "strl.layers.0.encoder (24), head (4)"."""
+    groups = {}
+    for name in names:
+        depth = 4 if name.startswith("strl.layers.") else 2 if name.startswith("strl.") else 1
+        key = ".".join(name.split(".")[:depth])
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{key} ({count})" for key, count in groups.items()) or "none"
+
+
+def _model_args(model_config, pretrained, in_channels, clip_len):
     """The model section's arguments with the encoder's "auto" widths taken from the
     pre-trained checkpoint (dropped without one: the model's defaults), checked against it."""
     args = dict(model_config)
     source = pretrained[1]["model_args"] if pretrained else {}
-    for name in ENCODER_ARGS:
+    trunk = pretrained is not None and pretrained[1]["model_class"] == "TrunkMAE"
+    for name in TRUNK_ARGS if trunk else ENCODER_ARGS:
         if args.get(name, AUTO) == AUTO:
             args.pop(name, None)
             if name in source:
@@ -113,6 +131,9 @@ def _model_args(model_config, pretrained, in_channels):
         elif pretrained and args[name] != source.get(name, args[name]):
             raise CheckpointError(f"model.{name} is {args[name]!r} but {pretrained[0]} was pre-trained with "
                                   f"{source[name]!r}: drop the option (it follows the checkpoint) or pre-train anew")
+    if trunk and source["num_frames"] != clip_len:
+        raise CheckpointError(f"{pretrained[0]} pre-trained the trunk on clips of {source['num_frames']} frames, and "
+                              f"this run's are {clip_len}: pass --clip-len {source['num_frames']}")
     if pretrained and source["in_channels"] != in_channels:
         raise CheckpointError(f"{pretrained[0]} was pre-trained on {source['in_channels']} input channels, and this "
                               f"run's features give {in_channels}: use the pre-training's --feats and data")

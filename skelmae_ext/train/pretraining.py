@@ -1,7 +1,11 @@
-"""SkeletonMAE pre-training (docs/design.md section 5): ``pretrain(config)``."""
+"""SkeletonMAE pre-training (docs/design.md section 5): ``pretrain(config)``. ``model.objective``
+picks the model: "frame", the paper's per-frame SkeletonMAE; "trunk", TrunkMAE over the whole
+STRL trunk the classifier fine-tunes (its clips' length is the trunk's num_frames)."""
 
 from . import distributed, engine, inputs
 from .checkpoint import construct
+
+OBJECTIVES = {"frame": "SkeletonMAE", "trunk": "TrunkMAE"}  # model.objective: the model class
 
 
 def plan(config):
@@ -16,9 +20,13 @@ def plan(config):
     data_config["num_person"] = inputs.resolve_num_person(data_config["num_person"], data, [split])
     train_set = inputs.dataset(data, data_config, split, layout, data_config["num_person"], mode="train",
                                seed=config["train"]["seed"])
-    args = dict(config["model"], in_channels=train_set.in_channels)
-    model = construct("SkeletonMAE", layout, args)
-    record = {"model_class": "SkeletonMAE", "model_args": args, "layout": layout.to_dict(),
+    args = {key: value for key, value in config["model"].items() if key != "objective"}
+    args["in_channels"] = train_set.in_channels
+    model_class = OBJECTIVES[config["model"]["objective"]]
+    if model_class == "TrunkMAE":
+        args["num_frames"] = data_config["clip_len"]
+    model = construct(model_class, layout, args)
+    record = {"model_class": model_class, "model_args": args, "layout": layout.to_dict(),
               "class_names": train_set.class_names}
     return engine.Plan("pretrain", config, device, model, record, train_set, _loss)
 
