@@ -214,6 +214,9 @@ def _pretrained(work_dir):
     if state["kind"] != "pretrain":
         raise MissingInput(f"{path} is a {state['kind']} checkpoint: the reconstruction view needs the work directory "
                            "of a skelmae pretrain run")
+    if state["model_class"] == "TrunkMAE":
+        raise MissingInput(f"{path} pre-trained the trunk (TrunkMAE), whose targets are normalised motion or position "
+                           "tubes, not joint coordinates: the view needs a run pre-trained with --objective frame")
     if state["model_args"].get("target", "input") == "embedding":
         raise PlotError(f"{path} reconstructs the embedding (target {state['model_args']['target']!r}), which cannot "
                         "be drawn as a skeleton: the view needs a run pre-trained with --target centred or input")

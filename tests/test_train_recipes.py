@@ -4,11 +4,12 @@ configuration's merge and checks, through the Python API."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from skelmae_ext import train
+from skelmae_ext import plot, train
 from skelmae_ext.train import ConfigError, config, engine, finetuning, inputs
 
 from runs import load, write_stick
@@ -176,3 +177,13 @@ def test_the_objective_picks_its_model_defaults():
     assert config.build("pretrain", required)["model"] == dict(objective="frame", **config.PRETRAIN_MODELS["frame"])
     with pytest.raises(ConfigError, match=r"model.objective: must be one of \['frame', 'trunk'\], got 'tube'"):
         config.build("pretrain", required, {"model": {"objective": "tube"}})
+
+
+def test_a_trunk_pretraining_gives_pooled_features_and_no_skeleton_view(trunk, tmp_path):
+    folder, data = trunk
+    out = tmp_path / "features.npz"
+    train.extract(data, "val", folder / "trunk", out, batch_size=4)
+    with np.load(out) as saved:
+        assert saved["features"].shape == (6, 8) and np.isfinite(saved["features"]).all()
+    with pytest.raises(plot.MissingInput, match=r"pre-trained the trunk \(TrunkMAE\), whose targets are normalised"):
+        plot.reconstruction(folder / "trunk")

@@ -86,6 +86,13 @@ def present_persons(x):
     return x.flatten(2).ne(0).any(-1)
 
 
+def pooled(h, x):
+    """STRL output h [N, M, T, V, D] of x -> [N, D]: averaged over the present persons, frames
+    and joints (a padded person changes nothing in eval mode)."""
+    present = present_persons(x).to(h.dtype)[:, :, None]
+    return (h.mean(dim=(2, 3)) * present).sum(dim=1) / present.sum(dim=1).clamp_min(1)
+
+
 class STRLLayer(nn.Module):
     """Spatial modelling, update and multi-scale temporal convolution (Eq. 3 and 4)."""
 
@@ -220,8 +227,7 @@ class SSLClassifier(nn.Module):
         self.strl.check_input(x, name)  # STRL checks again: cheap, and errors then name this model
         if x.shape[1] != self.num_persons:
             raise ValueError(f"{name}: x has M={x.shape[1]} persons but num_persons={self.num_persons}")
-        present = present_persons(x).to(x.dtype)[:, :, None]
-        return (self.strl(x).mean(dim=(2, 3)) * present).sum(dim=1) / present.sum(dim=1).clamp_min(1)
+        return pooled(self.strl(x), x)
 
     def forward(self, x):
         """[N, M, T, V, C] -> logits [N, num_classes]."""

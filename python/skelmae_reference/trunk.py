@@ -26,7 +26,7 @@ from torch import nn
 
 from .models import check_positive_ints
 from .ops import ReferenceOps
-from .strl import STRL, present_persons
+from .strl import STRL, pooled, present_persons
 
 TRUNK_TARGETS = ("motion", "position", "both")
 NORM_EPS = 1e-6  # MAE's: a tube that does not move has a zero target, not a blown-up one
@@ -114,6 +114,12 @@ class TrunkMAE(nn.Module):
         mean = tubes.mean(dim=(3, 5), keepdim=True)
         var = tubes.var(dim=(3, 5), keepdim=True, unbiased=False)
         return (tubes - mean) / (var + NORM_EPS).sqrt()
+
+    def features(self, x):
+        """[N, M, T, V, C] -> [N, D]: the trunk's output without masking, pooled as the
+        classifier's features (KNN and t-SNE of a pre-training)."""
+        self.strl.check_input(x, type(self).__name__)
+        return pooled(self.strl(x), x)
 
     def forward(self, x):
         """x: [N, M, T, V, C] -> TrunkMAEOutput(loss, reconstruction, mask)."""

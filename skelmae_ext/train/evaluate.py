@@ -108,10 +108,10 @@ def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, dev
 
 
 def pooled_features(state, model):
-    """[B, M, T, V, C] -> [B, D]: a fine-tuned classifier's pooled STRL features, or a
-    pre-trained encoder's output averaged over the joints and the (person, frame) graphs that
-    are not padding."""
-    if state["kind"] == "finetune":
+    """[B, M, T, V, C] -> [B, D]: a fine-tuned classifier's or a pre-trained trunk's pooled
+    STRL features, or a pre-trained per-frame encoder's output averaged over the joints and the
+    (person, frame) graphs that are not padding."""
+    if state["kind"] == "finetune" or state["model_class"] == "TrunkMAE":
         return model.features
 
     def encoder_features(x):
