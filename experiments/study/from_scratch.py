@@ -1,7 +1,7 @@
 """Trains the SSL classifier from scratch with the library's default fine-tuning recipe and
 prints validation top-1 per epoch, beside the logistic-regression floor (floor.py):
 
-    python benchmarks/study/from_scratch.py DATA.pkl TRAIN_SPLIT VAL_SPLIT [--clip-len 32]
+    python experiments/study/from_scratch.py DATA.pkl TRAIN_SPLIT VAL_SPLIT [--clip-len 32]
         [--epochs 30] [--seeds 0 1 2] [--work-dir runs/from_scratch] [--threads 1]
         [--set model.pooling=sum ...]
 
