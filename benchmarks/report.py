@@ -11,8 +11,8 @@ table each; ``--update`` rewrites the tables between ``<!-- report: ID -->`` and
 ``<!-- /report -->`` in markdown files, ``--check`` fails where such a table is out of date:
 
     python benchmarks/report.py                        # every recorded table
-    python benchmarks/report.py --update benchmarks/README.md README.md docs/gpu.md
-    python benchmarks/report.py --check benchmarks/README.md README.md docs/gpu.md
+    python benchmarks/report.py --update benchmarks/README.md docs/gpu.md docs/kernels.md
+    python benchmarks/report.py --check benchmarks/README.md docs/gpu.md docs/kernels.md
 
 A results file is ``{"machine", "date", "software", "tables": [...]}``; a table has an ``id``, a
 ``title``, the ``command`` that measured it, an optional ``note`` and either ``columns`` and

@@ -6,7 +6,7 @@ prints validation top-1 per epoch, beside the logistic-regression floor (floor.p
         [--set model.pooling=sum ...]
 
 Each seed is one ``skelmae finetune`` run (skelmae_ext.train.finetune) in its own work
-directory; the script then checks what issue 14 asks of the recipe: no NaN, the best top-1
+directory; the script then checks what the recipe must give: no NaN, the best top-1
 against the floor, and the largest drop between consecutive epochs in the last ten."""
 
 import argparse
