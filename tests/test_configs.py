@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from runs import json_line, skelmae, write_stick
+from runs import load, skelmae, write_stick
 from skelmae_ext import configs
 from skelmae_ext.demo import load_config
 from skelmae_ext.train import ConfigError
@@ -57,6 +57,17 @@ def test_demo_budgets():
     assert default["per_class"] is None and quick["per_class"] == 6
     assert default["pretrain"]["train"]["epochs"] > quick["pretrain"]["train"]["epochs"]
     assert load_config(configs.path("demo")) == default
+
+
+def test_demo_runs_a_copied_budget(tmp_path):
+    budget = load_config(quick=True)
+    budget["per_class"] = 3
+    budget["pretrain"]["train"]["epochs"] = 1
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(budget))
+    result = skelmae("demo", "--config", path, "--work-dir", tmp_path / "d", "--threads", "1")
+    assert "[1/4] pre-training SkeletonMAE on xstyle_train (30 sequences, labels unused), 1 epochs" in result.stdout
+    assert load(tmp_path / "d" / "pretrain" / "latest.pth")["epoch"] == 1
 
 
 def test_demo_config_errors(tmp_path):
