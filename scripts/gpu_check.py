@@ -2,7 +2,7 @@
 GPU, runs the CUDA and Triton tests, compute-sanitizer memcheck and racecheck, and the GPU
 benchmarks with report.py's table, each stage under its own time budget; writes every log and
 JSON result into an output folder and ends with a one-screen summary (exit status 1 if a stage
-failed). Run through scripts/gpu_check.sh; README "Running on a GPU".
+failed). Run through scripts/gpu_check.sh; docs/gpu.md.
 
     bash scripts/gpu_check.sh [OUT_DIR] [--bundle DIR] [--stages a,b] [--budget stage=s] [--dry-run]
 
@@ -66,7 +66,7 @@ BENCH_EAGER_K = "cuda and not compiled"
 BENCH_COMPILED_K = "cuda and reference-compiled and pretraining"
 GPU_PROVIDERS = ["reference", "reference-compiled", "cuda", "triton"]
 
-# The speed targets on the GPU: (benchmark group, figure, at least), for each of our backends.
+# The speed targets on the GPU: (benchmark group, figure, at least), for each of our backends.
 OP_GROUPS = ["masked_graph_conv forward+backward G=16384 V=17 C=64 on cuda",
              "cosine_reconstruction_loss forward+backward rows=278528 C=64 on cuda"]
 STEP_GROUP = "{} step N={} M=2 T=64 V=17 D=64 on cuda"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (README "Running on a GPU"): builds, tests, sanitizes and benchmarks the kernels
+# The GPU check (docs/gpu.md): builds, tests, sanitizes and benchmarks the kernels
 # on a machine with an NVIDIA GPU, in under 8 minutes, without network. Stages, commands and
 # time budgets: scripts/gpu_check.py.
 #   bash scripts/gpu_check.sh [OUT_DIR] [--bundle DIR] [--stages a,b] [--budget stage=s] [--dry-run]

@@ -165,6 +165,8 @@ def _demo_arguments(sub):
     sub.add_argument("--work-dir", default=demo.WORK_DIR, metavar="DIR",
                      help=f"where the runs and figures go; its runs start over [default {demo.WORK_DIR}]")
     sub.add_argument("--quick", action="store_true", help="a tiny budget (under a minute: a smoke test, for CI)")
+    sub.add_argument("--config", metavar="FILE.yaml",
+                     help="the budget [default skelmae_ext/configs/demo.yaml, with --quick demo_quick.yaml]")
     sub.add_argument("--threads", type=_auto_int, default="auto", metavar="N",
                      help="torch's CPU threads (1 on a machine busy with other work) [default auto]")
     sub.add_argument("--seed", type=int, default=0, metavar="N", help="[default 0]")
@@ -223,7 +225,7 @@ def run(args):
     if args.command == "plot":
         return plot.plot(args.work_dir, args.kind, args.out, args.data, args.split, args.sample, args.frames)
     if args.command == "demo":
-        demo.demo(args.work_dir, quick=args.quick, threads=args.threads, seed=args.seed)
+        demo.demo(args.work_dir, quick=args.quick, config=args.config, threads=args.threads, seed=args.seed)
         return None
     config = build(args.command, *_updates(args.command, args))
     if args.command in RUNS:

@@ -11,17 +11,20 @@ Bandai-Namco motions as COCO-17 2D keypoints, 10 classes) in a few minutes on a 
 
 and print both accuracies, their difference and where the figures are. The runs are ordinary
 work directories (``WORK_DIR/pretrain``, ``finetune_pretrained``, ``finetune_scratch``): every
-other command takes them. ``BUDGETS`` holds the budget, the one place to tune it.
+other command takes them. The budget is a YAML file, ``skelmae_ext/configs/demo.yaml`` (and
+``demo_quick.yaml`` for ``--quick``); ``demo(config=...)`` and ``skelmae demo --config`` take a
+copy.
 """
 
 import collections
-import dataclasses
+import copy
 import os
 import time
 
-from . import plot
+from . import configs, plot
 from .data import BUNDLED, load_annotations, save_annotations
-from .train import evaluate, extract, finetune, pretrain
+from .train import ConfigError, evaluate, extract, finetune, pretrain
+from .train.config import DEFAULTS, build, load_yaml
 from .train.workdir import LATEST
 
 WORK_DIR = "skelmae-demo"
@@ -30,29 +33,27 @@ FEATURES = f"features_{VAL_SPLIT}.npz"  # the pre-trained encoder's, in its work
 RECONSTRUCTED_CLASS = "wave-right-hand"  # the figure's sequence: its right arm, a masked part, moves
 
 
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """What the demo spends; ``dataclasses.replace(BUDGETS["default"], pretrain_epochs=50)``
-    makes another."""
-
-    clip_len: int  # frames per clip
-    pretrain_epochs: int
-    finetune_epochs: int  # each of the two fine-tunings
-    warmup_epochs: float  # the fine-tunings' linear warm-up, then the cosine schedule
-    label_fraction: float  # the share of the training labels the fine-tunings see (class-balanced)
-    batch_size: int
-    test_clips: int  # the test's clips per sequence, softmax averaged
-    per_class: int = None  # None: whole splits; else the first N sequences of each class of each split
-    repeat: int = 1  # passes over the training data an epoch (the library's "auto" would repeat a 10% subset 10 times)
+SECTIONS = ("per_class", "pretrain", "finetune", "test")  # the keys of a demo configuration
+TEST_OPTIONS = ("num_clips", "batch_size")
 
 
-BUDGETS = {
-    "default": Budget(clip_len=32, pretrain_epochs=20, finetune_epochs=15, warmup_epochs=1, label_fraction=0.1,
-                      batch_size=16, test_clips=10),
-    # a smoke test of the whole path (CI): too small for its accuracies to mean anything
-    "quick": Budget(clip_len=16, pretrain_epochs=2, finetune_epochs=2, warmup_epochs=0, label_fraction=0.25,
-                    batch_size=8, test_clips=2, per_class=6),
-}
+def load_config(config=None, quick=False):
+    """The demo configuration ``config`` (a YAML file's path or a dict; default the shipped
+    demo.yaml, or demo_quick.yaml with ``quick``), checked: unknown keys are errors naming them."""
+    if config is None:
+        config = configs.path("demo_quick" if quick else "demo")
+    loaded = copy.deepcopy(config) if isinstance(config, dict) else load_yaml(config)
+    where = config if isinstance(config, str) else "the demo configuration"
+    for key, allowed in ((None, SECTIONS), ("test", TEST_OPTIONS)):
+        section = loaded if key is None else loaded.get(key) or {}
+        unknown = sorted(set(section) - set(allowed))
+        if unknown:
+            raise ConfigError("--config", f"{where}: unknown key {(key + '.') if key else ''}{unknown[0]}; "
+                              f"known: {list(allowed)}")
+    missing = [key for key in SECTIONS if key not in loaded]
+    if missing:
+        raise ConfigError("--config", f"{where}: missing {missing[0]} (demo.yaml has every key)")
+    return loaded
 
 
 def _subset(source, per_class, path):
@@ -81,47 +82,51 @@ def _reconstructed_sample(data):
     return next((name for name in data["split"][VAL_SPLIT] if label[name] == wanted), 0)
 
 
-def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, echo=print):
-    """Runs the demo (see the module docstring) in ``work_dir`` with ``budget`` (default
-    BUDGETS["quick" if quick else "default"]); ``echo`` prints its report. Returns the two test
-    results, the figures' paths and the wall time in seconds."""
+def demo(work_dir=WORK_DIR, quick=False, config=None, threads="auto", seed=0, echo=print):
+    """Runs the demo (see the module docstring) in ``work_dir`` with the demo configuration
+    ``config`` (see load_config); ``echo`` prints its report. Returns the two test results, the
+    figures' paths and the wall time in seconds."""
     began = time.perf_counter()
     plot.require()  # before minutes of training, not after
-    budget = budget or BUDGETS["quick" if quick else "default"]
+    recipe = load_config(config, quick)
     os.makedirs(work_dir, exist_ok=True)
-    source = BUNDLED if budget.per_class is None else _subset(BUNDLED, budget.per_class,
-                                                              os.path.join(work_dir, "data.pkl"))
+    source = BUNDLED if recipe["per_class"] is None else _subset(BUNDLED, recipe["per_class"],
+                                                                 os.path.join(work_dir, "data.pkl"))
     data = load_annotations(source)
     counts = {split: len(data["split"][split]) for split in (TRAIN_SPLIT, VAL_SPLIT)}
     runs = {name: os.path.join(work_dir, name) for name in ("pretrain", "finetune_pretrained", "finetune_scratch")}
-    run_options = {"epochs": budget.pretrain_epochs, "batch_size": budget.batch_size, "threads": threads,
-                   "seed": seed, "resume": False, "save_every": 0}
+    run_options = {"threads": threads, "seed": seed, "resume": False}
+    test_options = dict({key: DEFAULTS["test"][key] for key in TEST_OPTIONS}, **(recipe["test"] or {}))
+    # the configurations checked before minutes of training, not after
+    pretraining = build("pretrain", recipe["pretrain"], {"data": {"source": source, "split": TRAIN_SPLIT},
+                                                         "train": dict(run_options, work_dir=runs["pretrain"])})
+    finetunings = {name: build("finetune", recipe["finetune"],
+                               {"data": {"source": source, "train_split": TRAIN_SPLIT, "val_split": VAL_SPLIT},
+                                "train": dict(run_options, work_dir=runs[name], pretrained=start)})
+                   for name, start in (("finetune_pretrained", runs["pretrain"]), ("finetune_scratch", None))}
+    budget = {"clip_len": pretraining["data"]["clip_len"], "pretrain_epochs": pretraining["train"]["epochs"],
+              "finetune_epochs": finetunings["finetune_scratch"]["train"]["epochs"],
+              "label_fraction": finetunings["finetune_scratch"]["data"]["label_fraction"],
+              "test_clips": test_options["num_clips"]}
     echo(f"skelmae demo ({'quick: a smoke test' if quick else 'a small-budget demo'}): SkeletonMAE on the bundled "
          f"Bandai-Namco motions as COCO-17 2D keypoints ({len(data['classes'])} classes; CC BY-NC 4.0, "
          f"{os.path.dirname(BUNDLED)}), work directory {os.path.abspath(work_dir)}")
 
     echo(f"[1/4] pre-training SkeletonMAE on {TRAIN_SPLIT} ({counts[TRAIN_SPLIT]} sequences, labels unused), "
-         f"{budget.pretrain_epochs} epochs, clips of {budget.clip_len} frames")
-    pretrained = pretrain({"data": {"source": source, "split": TRAIN_SPLIT, "clip_len": budget.clip_len,
-                                    "repeat": budget.repeat},
-                           "train": dict(run_options, work_dir=runs["pretrain"])})
+         f"{budget['pretrain_epochs']} epochs, clips of {budget['clip_len']} frames")
+    pretrained = pretrain(pretraining)
 
-    echo(f"[2/4] fine-tuning the SSL classifier on {budget.label_fraction:.0%} of the {TRAIN_SPLIT} labels "
-         f"(class-balanced), {budget.finetune_epochs} epochs, from the pre-trained encoder and from scratch")
-    finetuning = {"data": {"source": source, "train_split": TRAIN_SPLIT, "val_split": VAL_SPLIT,
-                           "clip_len": budget.clip_len, "label_fraction": budget.label_fraction,
-                           "repeat": budget.repeat},
-                  "optim": {"warmup_epochs": budget.warmup_epochs}}
-    for name, start in (("finetune_pretrained", runs["pretrain"]), ("finetune_scratch", None)):
-        finetune(dict(finetuning, train=dict(run_options, epochs=budget.finetune_epochs, work_dir=runs[name],
-                                             pretrained=start)))
+    echo(f"[2/4] fine-tuning the SSL classifier on {budget['label_fraction']:.0%} of the {TRAIN_SPLIT} labels "
+         f"(class-balanced), {budget['finetune_epochs']} epochs, from the pre-trained encoder and from scratch")
+    for finetuning in finetunings.values():
+        finetune(finetuning)
 
-    echo(f"[3/4] testing both on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences, {budget.test_clips} clips each)")
+    echo(f"[3/4] testing both on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences, {budget['test_clips']} clips each)")
     # each run's last epoch (latest.pth), not its best.pth: that epoch was chosen on this split
-    tests = {name: evaluate(source, VAL_SPLIT, os.path.join(runs[name], LATEST), num_clips=budget.test_clips,
-                            batch_size=budget.batch_size)
+    tests = {name: evaluate(source, VAL_SPLIT, os.path.join(runs[name], LATEST), **test_options)
              for name in ("finetune_pretrained", "finetune_scratch")}
-    extract(source, VAL_SPLIT, runs["pretrain"], os.path.join(runs["pretrain"], FEATURES), batch_size=budget.batch_size)
+    extract(source, VAL_SPLIT, runs["pretrain"], os.path.join(runs["pretrain"], FEATURES),
+            batch_size=test_options["batch_size"])
 
     echo("[4/4] drawing the figures")
     figures_dir = os.path.join(work_dir, "figures")
@@ -141,7 +146,7 @@ def draw(runs, figures_dir, budget, sample):
                     title=f"SkeletonMAE pre-training on {TRAIN_SPLIT} (no labels): reconstruction loss"),
         plot.curves([runs["finetune_pretrained"], runs["finetune_scratch"]],
                     os.path.join(figures_dir, "curves_finetune.png"), labels=[pretrained_label, scratch_label],
-                    title=f"Fine-tuning on {budget.label_fraction:.0%} of the {TRAIN_SPLIT} labels: "
+                    title=f"Fine-tuning on {budget['label_fraction']:.0%} of the {TRAIN_SPLIT} labels: "
                           f"{pretrained_label} vs {scratch_label}"),
         plot.confusion(runs["finetune_pretrained"], os.path.join(figures_dir, "confusion_pretrained.png"),
                        title=f"Confusion matrix on {VAL_SPLIT}, fine-tuned {pretrained_label}"),
@@ -158,14 +163,14 @@ def _report(echo, pretrained, tests, budget, counts, figures_dir, figures, secon
     with_pretraining, scratch = tests["finetune_pretrained"], tests["finetune_scratch"]
     difference = 100 * (with_pretraining["top1"] - scratch["top1"])
     echo("")
-    echo(f"Test on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences, {budget.test_clips} clips each) after the last of "
-         f"{budget.finetune_epochs} epochs of fine-tuning on {budget.label_fraction:.0%} of the {TRAIN_SPLIT} labels:")
+    echo(f"Test on {VAL_SPLIT} ({counts[VAL_SPLIT]} sequences, {budget['test_clips']} clips each) after the last of "
+         f"{budget['finetune_epochs']} epochs of fine-tuning on {budget['label_fraction']:.0%} of the {TRAIN_SPLIT} labels:")
     for name, result in (("from SkeletonMAE pre-training", with_pretraining), ("from scratch", scratch)):
         echo(f"  {name:<31} top-1 {100 * result['top1']:5.1f}%   mean class accuracy "
              f"{100 * result['mean_class_accuracy']:5.1f}%")
     echo(f"  {'difference':<31} {difference:+.1f} points of top-1 "
          f"({'pre-training ahead' if difference > 0 else 'scratch ahead' if difference < 0 else 'a tie'})")
-    echo(f"Pre-training: {budget.pretrain_epochs} epochs on {counts[TRAIN_SPLIT]} sequences, last epoch's "
+    echo(f"Pre-training: {budget['pretrain_epochs']} epochs on {counts[TRAIN_SPLIT]} sequences, last epoch's "
          f"reconstruction loss {pretrained['loss']:.3f}.")
     if quick:
         echo("This was the quick smoke test: its budget is far too small for the accuracies to mean anything.")

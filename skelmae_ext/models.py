@@ -96,7 +96,7 @@ class MultiScaleTemporalConv(skelmae_reference.strl.MultiScaleTemporalConv):
 
     def forward(self, x):
         # The four 1x1 convolutions of x as one Linear over its channels-last rows with the weights
-        # stacked: the same sums, x read once, one input gradient (benchmarks/README.md times it
+        # stacked: the same sums, x read once, one input gradient (docs/kernels.md times it
         # against oneDNN's convolutions). Each branch's slice goes back to channels-last, which the
         # fused BatchNorm reads in place.
         openers = [branch.opener for branch in self.branches]

@@ -74,6 +74,18 @@ def _run(command, args, env, check):
 CWD = os.path.dirname(os.path.abspath(__file__))
 
 
+KILLED_RUN = os.path.join(CWD, "killed_run.py")
+
+
+def killed(*args, at_step=None, in_save=None, processes=None):
+    """``skelmae ARGS`` (under torchrun with ``processes``) SIGKILLed by killed_run.py's callback
+    after optimiser step ``at_step`` or inside the ``in_save``-th checkpoint write."""
+    hook = ["--at-step", at_step] if at_step is not None else ["--in-save", in_save]
+    if processes:
+        return torchrun(*hook, "--", *args, processes=processes, script=KILLED_RUN, check=False)
+    return _run([sys.executable, KILLED_RUN], [*hook, "--", *args], None, False)
+
+
 def environment(**variables):
     return dict(os.environ, PYTHONPATH=PATH, **variables)
 

@@ -1,4 +1,4 @@
-"""The SSL classifier against independent expectations (issue 14): STRL's pooling written out
+"""The SSL classifier against independent expectations: STRL's pooling written out
 by hand, padded persons, training against evaluation mode, the paper-literal variant, the
 CenterSkeleton transform the default pipeline gains, and a few dozen steps of the default
 fine-tuning recipe on real sequences."""

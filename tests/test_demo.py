@@ -4,18 +4,30 @@
 import json
 import os
 import re
+import types
 
 import numpy as np
 import pytest
 
 from runs import load, records, skelmae
 from skelmae_ext.data import load_annotations, read_pickle
-from skelmae_ext.demo import BUDGETS
+from skelmae_ext.demo import load_config
 from test_plot import check_png
 
 FIGURES = {"curves_pretrain.png": "curves", "curves_finetune.png": "curves", "confusion_pretrained.png": "confusion",
            "confusion_scratch.png": "confusion", "reconstruction.png": "reconstruction",
            "tsne_pretrained_encoder.png": "tsne"}
+
+
+def quick_budget():
+    """The --quick budget, from the shipped demo_quick.yaml, as attributes."""
+    config = load_config(quick=True)
+    return types.SimpleNamespace(per_class=config["per_class"], clip_len=config["pretrain"]["data"]["clip_len"],
+                                 pretrain_epochs=config["pretrain"]["train"]["epochs"],
+                                 finetune_epochs=config["finetune"]["train"]["epochs"],
+                                 label_fraction=config["finetune"]["data"]["label_fraction"],
+                                 batch_size=config["finetune"]["train"]["batch_size"],
+                                 test_clips=config["test"]["num_clips"])
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +39,7 @@ def demo(tmp_path_factory):
 
 def test_runs_of_the_demo(demo):
     work_dir, _ = demo
-    budget = BUDGETS["quick"]
+    budget = quick_budget()
     data = load_annotations(str(work_dir / "data.pkl"))  # the quick budget's subset of the bundled data
     labels = {a["frame_dir"]: a["label"] for a in data["annotations"]}
     for split in ("xstyle_train", "xstyle_val"):
@@ -62,7 +74,7 @@ def test_printed_accuracies_are_the_tests(demo):
         with open(work_dir / run / "test.jsonl") as handle:
             test = json.loads(handle.read().splitlines()[-1])
         dump = read_pickle(test["scores"])
-        budget = BUDGETS["quick"]
+        budget = quick_budget()
         assert dump["num_clips"] == budget.test_clips and len(dump["label"]) == 10 * budget.per_class
         assert os.path.basename(dump["checkpoint"]) == "latest.pth"  # the last epoch, not one chosen on this split
         top1[name] = 100 * np.mean(np.asarray(dump["scores"]).argmax(1) == np.asarray(dump["label"]))

@@ -1,4 +1,4 @@
-"""Bitwise reproducibility across processes and thread counts (issue 22), each run
+"""Bitwise reproducibility across processes and thread counts, each run
 tests/reproducible_run.py in a process of its own (the graph convolution's thread counts are
 in test_masked_graph_conv.py).
 

@@ -1,5 +1,5 @@
-"""SkeletonMAE against independent expectations, not against its twin (issue 22): the loss is
-DESIGN.md's formula applied to the masked joints' reconstruction and target, with its `beta`;
+"""SkeletonMAE against independent expectations, not against its twin: the loss is
+docs/design.md's formula applied to the masked joints' reconstruction and target, with its `beta`;
 the embedding target passes no gradient; the masked joints' input reaches only the target; and
 padded graphs count in training mode's BatchNorm statistics, as the model's docstring says.
 Each test runs on both twins: the fast model inherits `forward` from the reference one, so a
@@ -18,7 +18,7 @@ TWINS = {"reference": skelmae_reference.SkeletonMAE, "fast": skelmae_ext.Skeleto
 
 
 def cosine_error(pred, target, mask, beta):
-    """DESIGN.md section 4 written out: (1 - cos(pred, target))^beta, averaged over the masked rows."""
+    """docs/design.md section 4 written out: (1 - cos(pred, target))^beta, averaged over the masked rows."""
     cosine = (pred * target).sum(-1) / (pred.norm(dim=-1).clamp_min(1e-12) * target.norm(dim=-1).clamp_min(1e-12))
     return ((1 - cosine) ** beta * mask).sum() / mask.sum().clamp_min(1)
 

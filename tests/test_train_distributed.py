@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from runs import TINY, assert_same_run, json_line, load, records, skelmae, torchrun, write_stick
+from runs import killed as killed_run
 
 ON_CPU = ["--device", "cpu", *TINY]  # TINY: batch 4 (2 a process), one thread
 # 12 samples / batch 4 = 3 steps an epoch; SGD (its steps are proportional to the gradients:
@@ -98,7 +99,7 @@ def test_killed_two_process_run_resumes_to_the_same_weights(stick, tmp_path):
     torchrun(*arguments, "--work-dir", tmp_path / "whole")
     killed = tmp_path / "killed"
     # step 5 is the second batch of epoch 2; the last latest.pth is step 4's (epoch 2, batch 1)
-    result = torchrun(*arguments, "--work-dir", killed, env={"SKELMAE_TEST_KILL_AT_STEP": "5"}, check=False)
+    result = killed_run(*arguments, "--work-dir", killed, at_step=5, processes=2)
     assert result.returncode != 0 and "SIGKILL" in result.stderr
     state = load(killed / "latest.pth")
     assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 4)

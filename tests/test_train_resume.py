@@ -3,8 +3,8 @@ same command, ends with bitwise the same weights, optimiser state and log as a r
 not killed (CPU, fixed seed, 0 and 2 loader workers); a kill while latest.pth is being written
 leaves the previous one whole; Ctrl-C finishes the step, writes latest.pth and exits 130.
 
-The kills are the engine's and the checkpoint writer's test hooks (SKELMAE_TEST_KILL_AT_STEP,
-SKELMAE_TEST_KILL_IN_SAVE): a real SIGKILL at a chosen point, so the test does not race."""
+The kills come from a callback of the engine (killed_run.py): a real SIGKILL at a chosen point,
+so the test does not race."""
 
 import os
 import signal
@@ -16,7 +16,7 @@ import pytest
 
 from skelmae_ext.train import checkpoint
 
-from runs import CWD, TINY, assert_same_run, environment, load, records, skelmae, write_stick
+from runs import CWD, TINY, assert_same_run, environment, killed, load, records, skelmae, write_stick
 
 # 12 samples / batch 4 = 3 batches an epoch, 3 epochs: random body parts masked (the torch
 # generator matters), latest.pth every 2 steps.
@@ -41,25 +41,23 @@ def command(arguments, data, layout, work_dir, workers):
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(stick, tmp_path, arguments, workers):
     data, layout = stick
     skelmae(*command(arguments, data, layout, tmp_path / "whole", workers))
-    killed = tmp_path / "killed"
+    work_dir = tmp_path / "killed"
     # step 5 is the second batch of epoch 2; the last latest.pth is step 4's (epoch 2, batch 1)
-    result = skelmae(*command(arguments, data, layout, killed, workers), env={"SKELMAE_TEST_KILL_AT_STEP": "5"},
-                     check=False)
-    assert result.returncode == -signal.SIGKILL
-    state = load(killed / "latest.pth")
+    result = killed(*command(arguments, data, layout, work_dir, workers), at_step=5)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    state = load(work_dir / "latest.pth")
     assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 4)
-    resumed = skelmae(*command(arguments, data, layout, killed, workers))
-    assert f"resumed from {killed / 'latest.pth'}: epoch 2/3, batch 1/3, step 4" in resumed.stderr
-    assert_same_run(tmp_path / "whole", killed)
+    resumed = skelmae(*command(arguments, data, layout, work_dir, workers))
+    assert f"resumed from {work_dir / 'latest.pth'}: epoch 2/3, batch 1/3, step 4" in resumed.stderr
+    assert_same_run(tmp_path / "whole", work_dir)
 
 
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(stick, tmp_path):
     data, layout = stick
     work_dir = tmp_path / "run"
     # latest.pth is written at step 2, at step 3 (the first epoch's end), then at step 4: killed in the third
-    result = skelmae(*command(PRETRAIN, data, layout, work_dir, 0), env={"SKELMAE_TEST_KILL_IN_SAVE": "3"},
-                     check=False)
-    assert result.returncode == -signal.SIGKILL
+    result = killed(*command(PRETRAIN, data, layout, work_dir, 0), in_save=3)
+    assert result.returncode == -signal.SIGKILL, result.stderr
     partial = [name for name in os.listdir(work_dir) if name.startswith(".latest.pth.") and name.endswith(".partial")]
     assert len(partial) == 1  # the third checkpoint was written, not renamed
     state = checkpoint.load(str(work_dir / "latest.pth"))  # the second: whole and loadable

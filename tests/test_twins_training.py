@@ -1,4 +1,4 @@
-"""The fast twins over training, not one step (issue 22): each fast model trained side by side
+"""The fast twins over training, not one step: each fast model trained side by side
 with the reference model in float64 on real sequences, in training mode (batch statistics and
 running statistics, a mask token that is not zero, SGD with momentum), and the folded weights
 kept to float64's precision."""

@@ -151,7 +151,7 @@ class STRL(nn.Module):
         self.position = nn.Parameter(torch.zeros(num_frames, embed_dim))
         nn.init.trunc_normal_(self.position, std=0.02)
         # Which joint a feature belongs to: without it mirror-symmetric joints (left and right
-        # wrist) look alike to the GIN copies (benchmarks/README.md measures what it is worth).
+        # wrist) look alike to the GIN copies (docs/study.md measures what it is worth).
         self.joint_position = None
         if joint_embedding:
             self.joint_position = nn.Parameter(torch.zeros(self.layout.num_joints, embed_dim))

@@ -24,13 +24,12 @@ A checkpoint is a dict:
 Writing: a temporary file (``.NAME.XXXX.partial``) in the same folder, flushed and fsync'ed,
 then renamed over the target (and the folder fsync'ed), so a crash leaves either the old or the
 new file whole; a run starting in the folder deletes what a crash left (``remove_partial``).
-``SKELMAE_TEST_KILL_IN_SAVE=N`` (tests only) SIGKILLs the process after the N-th save of
-the process has written its temporary file and before the rename.
+``save``'s ``before_rename`` is called with the temporary file's path between the two (the
+engine's ``on_checkpoint_written`` callbacks).
 """
 
 import os
 import random
-import signal
 import tempfile
 import warnings
 
@@ -42,19 +41,15 @@ from .. import models
 FORMAT = "skelmae_ext.checkpoint/1"
 KINDS = ("pretrain", "finetune")
 MODELS = {"SkeletonMAE": models.SkeletonMAE, "TrunkMAE": models.TrunkMAE, "SSLClassifier": models.SSLClassifier}
-KILL_ENV = "SKELMAE_TEST_KILL_IN_SAVE"
 _PARTIAL = ".partial"  # the temporary files end so
-_saves = 0
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged, or not the kind a command needs."""
 
 
-def save(path, payload):
+def save(path, payload, before_rename=None):
     """Writes ``payload`` to ``path`` atomically (see the module docstring)."""
-    global _saves
-    _saves += 1
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=_PARTIAL)
     try:
@@ -62,8 +57,8 @@ def save(path, payload):
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        if os.environ.get(KILL_ENV) == str(_saves):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if before_rename is not None:
+            before_rename(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

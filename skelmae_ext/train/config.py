@@ -24,7 +24,7 @@ AUTO = "auto"
 # The learning rate scales linearly with the batch: optim.lr "auto" is
 # base_lr * batch_size / base_batch_size. Fine-tuning: PYSKL's 0.1 at batch 128 (0.0125 at 16).
 # Pre-training: the paper's Adam 1.5e-4 (GraphMAE's graph-classification recipe) at this
-# library's default batch 16 (the paper's "batch 1024" has no clear unit: paper-notes A10).
+# library's default batch 16 (the paper's "batch 1024" names no unit: graphs, clips or samples).
 DIST_TIMEOUT = 600  # s: a compiling or checkpointing process keeps the others waiting for less
 _DATA = {"source": None, "layout": AUTO, "clip_len": 64, "num_person": AUTO, "feats": ["j"],
          "with_score": False, "augment": True, "augmentation": dict(AUGMENTATION), "workers": AUTO,
@@ -55,9 +55,9 @@ DEFAULTS = {
         "train": dict(_TRAIN),
     },
     # docs/design.md section 6 (SGD Nesterov, cosine schedule, label smoothing 0.1) as measured to
-    # generalise (benchmarks/README.md, "The classifier that learns"): weight decay 1e-3,
+    # generalise (docs/study.md, "The classifier that learns"): weight decay 1e-3,
     # dropout 0.5 before the head, 15 epochs with 1 of warm-up (the paper: 110 and 5; 30 overfit
-    # the training split: benchmarks/README.md, "The fine-tuning schedule"). The encoder's
+    # the training split: docs/study.md, "The fine-tuning schedule"). The encoder's
     # widths ("auto") are the pre-trained checkpoint's (else the model's defaults).
     "finetune": {
         "data": dict(_DATA, train_split=None, val_split=None, label_fraction=1.0, val_clips=1),
@@ -355,7 +355,7 @@ def resolve_device(device, amp=False, key="device"):
 def resolve_workers(workers, device):
     """Loader worker processes; "auto": none on the CPU (the loader then runs between steps in
     the training process, which on few cores is faster than a worker competing with the
-    compute threads: benchmarks/README.md), the data layer's default beside a GPU."""
+    compute threads: benchmarks/README.md, "Training epochs"), the data layer's default beside a GPU."""
     if workers != AUTO:
         return workers
     from ..data import default_workers

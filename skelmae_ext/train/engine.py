@@ -43,8 +43,6 @@ from .environment import kernels, versions
 from .logs import RunLog, format_fields, peak_memory_mb, progress
 from .workdir import BEST, LATEST, RUN_RECORD, append_json_line, epoch_checkpoint, file_record, write_config
 
-KILL_AT_STEP_ENV = "SKELMAE_TEST_KILL_AT_STEP"  # tests only: SIGKILL right after this optimiser step
-
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training: the step finished and latest.pth was written."""
@@ -145,15 +143,19 @@ def schedule(optim, steps_per_epoch, epochs):
     return factor
 
 
-def fit(plan):
+def fit(plan, callbacks=()):
     """Trains ``plan`` to the configured epochs, resuming from a checkpoint when there is one.
-    Returns the last epoch's metrics, the step, and the checkpoints' paths."""
-    return _Trainer(plan).run()
+    Returns the last epoch's metrics, the step, and the checkpoints' paths. ``callbacks``:
+    objects with any of ``on_step_end(step)`` (after each optimiser step) and
+    ``on_checkpoint_written(temporary, path)`` (a checkpoint written to its temporary file,
+    before the rename onto ``path``)."""
+    return _Trainer(plan, callbacks).run()
 
 
 class _Trainer:
-    def __init__(self, plan):
+    def __init__(self, plan, callbacks=()):
         self.plan, self.config = plan, plan.config
+        self.callbacks = list(callbacks)
         self.train, self.optim = self.config["train"], self.config["optim"]
         self.work_dir = self.train["work_dir"]
         self.device = plan.device
@@ -253,8 +255,7 @@ class _Trainer:
             if self.step % self.train["log_every_steps"] == 0:
                 self._log_step(interval, bar)
                 interval = Totals()
-            if os.environ.get(KILL_AT_STEP_ENV) == str(self.step):
-                os.kill(os.getpid(), signal.SIGKILL)
+            self._call("on_step_end", self.step)
             if distributed.any_rank(ctrl_c.requested):
                 self._interrupt()
             if (self.train["save_every_steps"] and self.step % self.train["save_every_steps"] == 0
@@ -342,7 +343,14 @@ class _Trainer:
         """Writes checkpoint ``name`` (every process calls it: it gathers their states)."""
         ranks = distributed.all_gather({"totals": self.epoch_totals.state(), "rng": checkpoint.rng_state()})
         if distributed.is_main():
-            checkpoint.save(os.path.join(self.work_dir, name), self._payload(ranks))
+            path = os.path.join(self.work_dir, name)
+            checkpoint.save(path, self._payload(ranks),
+                            before_rename=lambda temporary: self._call("on_checkpoint_written", temporary, path))
+
+    def _call(self, hook, *args):
+        for callback in self.callbacks:
+            if hasattr(callback, hook):
+                getattr(callback, hook)(*args)
 
     def _find_resume(self):
         """(path, checkpoint) to resume from, or None."""

@@ -73,12 +73,13 @@ def plan(config):
                        weights=pretrained and pretrained[0], notes=notes)
 
 
-def finetune(config):
+def finetune(config, callbacks=()):
     """Fine-tunes the SSL classifier on ``config`` (a nested dict of options over
     ``config.DEFAULTS["finetune"]``: at least data.source, data.train_split, data.val_split and
     train.work_dir), validating each epoch and keeping best.pth; resumes from the work
-    directory's latest.pth. Returns the last epoch's log fields (val_top1, best_top1, ...)."""
-    return engine.fit(plan(config))
+    directory's latest.pth. Returns the last epoch's log fields (val_top1, best_top1, ...).
+    ``callbacks``: see engine.fit."""
+    return engine.fit(plan(config), callbacks)
 
 
 def _pretrained(option):

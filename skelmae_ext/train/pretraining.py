@@ -41,9 +41,9 @@ def _loss(forward, x, y):
     return output.loss * (masked / distributed.mean_over_ranks(masked)), None
 
 
-def pretrain(config):
+def pretrain(config, callbacks=()):
     """Pre-trains SkeletonMAE on ``config`` (a nested dict of options over
     ``config.DEFAULTS["pretrain"]``: at least data.source, data.split and train.work_dir);
     resumes from the work directory's latest.pth. Returns the last epoch's log fields, the
-    step and the checkpoint's path."""
-    return engine.fit(plan(config))
+    step and the checkpoint's path. ``callbacks``: see engine.fit."""
+    return engine.fit(plan(config), callbacks)

@@ -24,8 +24,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 # Elements of a program's tile, its widest channel block, and its warps. On a GPU: 8 elements
-# per thread, which ptxas compiles for sm_90 with at most a few bytes of register spills (not
-# yet timed on a GPU).
+# per thread, which ptxas compiles for sm_90 with at most a few bytes of register spills
+# (timings on an H200: docs/gpu.md).
 # The interpreter runs the programs one after another at a large fixed cost each, so it gets
 # fewer, larger programs.
 TILE_ELEMENTS, MAX_BLOCK_C, NUM_WARPS = (65536, 64, 1) if triton.knobs.runtime.interpret else (4096, 32, 16)

@@ -1,12 +1,12 @@
 """Trains the SSL classifier from scratch with the library's default fine-tuning recipe and
 prints validation top-1 per epoch, beside the logistic-regression floor (floor.py):
 
-    python benchmarks/study/from_scratch.py DATA.pkl TRAIN_SPLIT VAL_SPLIT [--clip-len 32]
+    python experiments/study/from_scratch.py DATA.pkl TRAIN_SPLIT VAL_SPLIT [--clip-len 32]
         [--epochs 30] [--seeds 0 1 2] [--work-dir runs/from_scratch] [--threads 1]
         [--set model.pooling=sum ...]
 
 Each seed is one ``skelmae finetune`` run (skelmae_ext.train.finetune) in its own work
-directory; the script then checks what issue 14 asks of the recipe: no NaN, the best top-1
+directory; the script then checks what the recipe must give: no NaN, the best top-1
 against the floor, and the largest drop between consecutive epochs in the last ten."""
 
 import argparse

@@ -2,7 +2,7 @@
 (skelmae_ext.train: the same code as the ``skelmae`` command line), written as a markdown table
 and a plot:
 
-    python benchmarks/study/study.py --dataset bandai2_coco2d=PATH.pkl:xstyle_train:xstyle_val \\
+    python experiments/study/study.py --dataset bandai2_coco2d=PATH.pkl:xstyle_train:xstyle_val \\
         --dataset msr_action3d_coco2d=PATH.pkl:xsub_train:xsub_val ... --out runs/study \\
         [--pretrain-epochs 30] [--finetune-epochs 15] [--seeds 0 1 2] [--fractions 1 0.1 0.01] \\
         [--clip-len 32] [--transfer bandai2_coco2d msr_action3d_coco2d] [--jobs 2] [--probe-seeds 0] \\

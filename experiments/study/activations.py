@@ -2,7 +2,7 @@
 from scratch under the default recipe's optimiser (SGD, Nesterov, the learning rate at batch
 16, no warm-up), with the paper's sum pooling and with the library's mean pooling:
 
-    python benchmarks/study/activations.py DATA.pkl SPLIT [--steps 40] [--every 5]
+    python experiments/study/activations.py DATA.pkl SPLIT [--steps 40] [--every 5]
         [--clip-len 32] [--lr 0.0125] [--threads 1]
         [--variant paper pooling=sum,joint_embedding=false] [--variant default]
 
