@@ -397,7 +397,7 @@ def summary_lines(records, probe, total_s, out):
     lines = [f"GPU check: {describe_gpu(probe)}",
              f"{len(records) - len(failed)} of {len(records)} stages passed in {total_s:.0f} s "
              f"(limit {LIMIT_S} s); results in {out}/, logs in {out}/stages/", ""]
-    lines.append(f"{'stage':<13}{'result':<9}{'time / budget':>15}  detail")
+    lines.append(f"{'stage':<15}{'result':<9}{'time / budget':>15}  detail")
     for r in records:
         detail = r.get("result", "")
         if "sanitizer" in r:
@@ -406,7 +406,7 @@ def summary_lines(records, probe, total_s, out):
             detail = r["targets"]
         if r["status"] == "SKIPPED":
             detail = r["reason"]
-        lines.append(f"{r['stage']:<13}{r['status']:<9}{r.get('seconds', 0):>7.0f} / {r['budget_s']:>3} s  {detail}")
+        lines.append(f"{r['stage']:<15}{r['status']:<9}{r.get('seconds', 0):>7.0f} / {r['budget_s']:>3} s  {detail}")
         shown = r.get("failed", [])
         lines += [f"    FAILED {name}" for name in shown[:8]]
         if len(shown) > 8:
