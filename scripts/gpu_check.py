@@ -476,12 +476,13 @@ def run(ctx, only, budgets, bundle):
             # whether the carried build is used.
             current = stages(ctx)
             stage = next(s for s in current if s.name == name)
-            later = [s for s in current if s.name in names[index + 1:]]
-            stage.budget_s = stage_budget(stage, later, budgets, time.monotonic() - started)
             reason = blocked(stage, records, probe, only)
             if reason:
-                records.append({"stage": name, "status": "SKIPPED", "budget_s": stage.budget_s, "reason": reason})
+                records.append({"stage": name, "status": "SKIPPED", "budget_s": budgets.get(name, stage.budget_s),
+                                "reason": reason})
                 continue
+            later = [s for s in current if s.name in names[index + 1:]]
+            stage.budget_s = stage_budget(stage, later, budgets, time.monotonic() - started)
             print(f"== {stage.name} (budget {stage.budget_s} s): {stage.purpose}", flush=True)
             record = run_stage(stage, ctx, ctx.logs / f"{stage.name}.log")
             if stage.name == "env":
@@ -688,7 +689,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="gpu-check-out", help="folder for the results (logs in stages/)")
     parser.add_argument("--prebuilt", action="store_true",
-                        help="check the carried in-place build instead of building, where it fits this GPU and torch")
+                        help="check the carried in-place build (of these sources) instead of building, where it fits "
+                             "this GPU and torch")
     parser.add_argument("--bundle", type=Path, help="also write gpu-check.tar.gz and the summary here")
     parser.add_argument("--dry-run", action="store_true", help="check every stage's command line, without a GPU")
     parser.add_argument("--stages", help="comma-separated stages to run (env always runs)")
