@@ -1,14 +1,23 @@
-"""The GPU check: on a machine with an NVIDIA GPU and no network, builds the kernels for that
-GPU, runs the CUDA and Triton tests, compute-sanitizer memcheck and racecheck, and the GPU
-benchmarks with report.py's table, each stage under its own time budget; writes every log and
-JSON result into an output folder and ends with a one-screen summary (exit status 1 if a stage
+"""The GPU check: on a machine with an NVIDIA GPU and no network, in at most five minutes,
+builds the kernels for that GPU alone (or checks a carried build), runs a representative set of
+CUDA and Triton op tests, compute-sanitizer memcheck and racecheck on a few small cases, the
+op and training-step benchmarks with the speed targets, and torch.profiler kernel tables, each
+stage under its own time budget; ends with a one-screen summary (exit status 1 if a stage
 failed). Run through scripts/gpu_check.sh; docs/gpu.md.
 
-    bash scripts/gpu_check.sh [OUT_DIR] [--bundle DIR] [--stages a,b] [--budget stage=s] [--dry-run]
+    bash scripts/gpu_check.sh [OUT_DIR] [--prebuilt] [--bundle DIR] [--stages a,b] [--budget stage=s] [--dry-run]
+
+OUT_DIR holds what docs/gpu/<gpu>-<date>/ keeps: summary.txt and summary.json, env.json,
+bench.json (every benchmark), targets.json and report.md (the table and the speed targets),
+profile-*.txt (the kernel tables); OUT_DIR/stages/ holds each stage's log and raw results.
+
+The tests are chosen by pytest markers (pyproject.toml): `gpu` on every case that runs on a
+CUDA device, `gpu_smoke` on the op tests run here, `sanitize` on the sanitizer's cases.
 
 --dry-run checks here, without a GPU, every stage's command line: pytest collects each exact
 selection (with scripts/as_if_gpu.py making torch report a GPU) and must list the expected
-tests, scripts exist and compile, the tools each stage needs are looked up.
+tests, the probe and the profiler script run for real on the CPU, scripts exist and compile,
+the tools each stage needs are looked up.
 """
 
 import argparse
@@ -18,6 +27,7 @@ import json
 import os
 import py_compile
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -27,46 +37,40 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT_S = 8 * 60  # the whole check, on an H100
-GRACE_S = 10  # a stage gets SIGINT this long before its budget ends (a third of a short one), SIGKILL at the end
+LIMIT_S = 5 * 60  # the whole check, on an H100: a third of the GPU time a session is lent
+# A stage gets SIGINT this long before its budget ends (a third of a short one), SIGKILL at the
+# end: time for pytest to write its summary and the benchmarks that finished.
+GRACE_S = 5
 XDIST_WORKERS = 8  # test processes beside each other: Triton compiles each kernel variant on one core
 OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
 RESULT_LINE = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)|no tests ran|Interrupted|tests? collected")
 # memcheck ends with the first, racecheck with the second (its "errors" are hazards of error level)
 SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?")
 
-# Selections (pytest -k). The op tests repeat on cuda for each compiled backend
-# (tests/helpers.py DEVICE_BACKENDS: ids "cuda-cuda", "cuda-triton"); test_cuda.py and
-# test_triton_compile.py match by module name.
-# direct_op_calls: also its CPU case, which tells whether errors raised in C++ crash the GPU
-# machine's build on the CPU path too (on an H200 the CUDA case segfaulted formatting its message).
-TESTS_K = "cuda or triton or direct_op_calls"
-# memcheck: every small op test but a slice of test_matches_reference (all V and C; single
-# graph, no mask, eps 0; 203 graphs, partial mask, learnable eps; the loss's three betas, each
-# reduction and mask kind once), leaving out the largest (many_*, bitwise: 3000 graphs) and
-# gradcheck (hundreds of launches), second-order and compiled cases, and all but one slice of the
-# non-finite rows: at most 150 tests, sized for the stage's budget by guess (the sanitizer's
-# slowdown here is unmeasured).
-MEMCHECK_K = ("cuda and not many_ and not gradcheck and not bitwise and not second_order and not compiled"
-              " and (not matches_reference or 1-0.0-none or 203-0.37-partial or 2.0-none-partial"
-              " or 3.0-mean-none or 1.0-sum-full) and (not non_finite_counted or 2.0-mean-partial-both)")
-# racecheck is slow: a few small cases, of the CUDA C++ kernels alone. Triton's own reductions
-# trip it (write-write hazards in its shared-memory butterflies, triton-lang/triton#7264, #4736):
-# on an H200 all 24 hazards it showed were in tl.sum of the loss's Triton kernel.
-RACECHECK_K = "cuda-cuda and (hand_computed or non_contiguous)"
-# GPU benchmarks of each op at its acceptance shape (benchmarks/test_ops.py ids) and the GPU's
-# copy bandwidth; every provider on cuda.
+# Selections (pytest -m): the op tests marked gpu_smoke, on cuda for each GPU backend (forward and
+# backward against the reference and hand values per op, low precision, opcheck, one compile test,
+# the direct-call error test, CUDA graph capture, offsets past 2^31); no gradcheck or bitwise suites.
+TESTS_M = "gpu_smoke and gpu"
+MAX_TESTS = 45
+# memcheck: the sanitize cases (small, non-contiguous: every kernel's tails and strides) on both
+# backends. racecheck: those of the CUDA C++ kernels alone; Triton's own reductions trip it
+# (write-write hazards in its shared-memory butterflies, triton-lang/triton#7264, #4736): on an
+# H200 all 24 hazards it showed were in tl.sum of the loss's Triton kernel.
+MEMCHECK_M = "sanitize and gpu"
+RACECHECK_M = "sanitize and gpu and not triton"
+MAX_SANITIZED = 5
+# GPU benchmarks (pytest -k over their parametrization ids: the benchmark files mark no devices)
+# of each op at its acceptance shape and the GPU's copy bandwidth, every provider on cuda.
 OP_SHAPES = {"masked_graph_conv": "G16384-V17-C64", "cosine_reconstruction_loss": "R278528-C64"}
 BENCH_OPS_K = f"cuda and ({' or '.join(OP_SHAPES.values())} or copy)"
-# The model steps at N = 16 and 128 on cuda: the reference eager and our eager twins first, then
-# the reference pre-training step compiled, in a process of its own (its whole-model compiles are
-# what may run out of time: the eager results are written by then). The fine-tuning step's target
-# is against eager alone: its two compiles, and our twins compiled, are left out.
-BENCH_EAGER_K = "cuda and not compiled"
-BENCH_COMPILED_K = "cuda and reference-compiled and pretraining"
 GPU_PROVIDERS = ["reference", "reference-compiled", "cuda", "triton"]
-
-# The speed targets on the GPU: (benchmark group, figure, at least), for each of our backends.
+# The model steps the targets name, eager: pre-training at N = 128, fine-tuning at N = 16 and 128.
+# The reference pre-training step compiled runs in a stage of its own, which may also take the
+# time the others left: its two whole-model compiles (eval, then train) must not eat theirs.
+STEPS = {"pretraining": (128,), "finetuning": (16, 128)}
+BENCH_MODELS_K = "cuda and not compiled and (N128 or finetuning)"
+BENCH_COMPILED_K = "pretraining and N128-cuda-reference-compiled"
+# The issue's speed targets on the GPU: (benchmark group, figure, at least), for each of our backends.
 OP_GROUPS = ["masked_graph_conv forward+backward G=16384 V=17 C=64 on cuda",
              "cosine_reconstruction_loss forward+backward rows=278528 C=64 on cuda"]
 STEP_GROUP = "{} step N={} M=2 T=64 V=17 D=64 on cuda"
@@ -85,6 +89,8 @@ class Command:
     env: dict = dataclasses.field(default_factory=dict)
     # pytest commands: the arguments the dry run collects with (argv less a wrapper and -n).
     collect: list = None
+    # what the dry run runs for real here, on the CPU, in place of argv
+    here: list = None
 
 
 @dataclasses.dataclass
@@ -96,24 +102,48 @@ class Stage:
     tools: list  # executables and Python modules it needs ("module:name")
     after: str = None  # the stage that must have passed first ("gpu": env found one)
     expect: list = ()  # regexes: each must match a test id that ran (that is collected, in the dry run)
-    count: int = None  # tests the dry run must collect: exactly (benchmarks) or at most (sanitizer stages)
+    count: int = None  # at most this many tests collected (the budget was sized for them)
     sanitizer: bool = False  # passes only with a summary of 0 errors (SANITIZER_SUMMARY)
     keep_going: bool = False  # run every command even after one failed
+    extends: bool = False  # may also take what earlier stages left unused of LIMIT_S
 
 
 @dataclasses.dataclass
 class Context:
     out: Path
     python: str = sys.executable
-    arch_list: str = "9.0"  # TORCH_CUDA_ARCH_LIST; from the GPU found (env stage)
+    arch_list: str = "9.0"  # TORCH_CUDA_ARCH_LIST: the GPU's own compute capability (env stage)
     jobs: int = os.cpu_count() or 1
     xdist: bool = False
+    prebuilt: bool = False  # --prebuilt: use the carried in-place build where it fits
+    carried: str = "not examined"  # why the carried build does not fit; None where it does
+
+    @property
+    def logs(self):
+        return self.out / "stages"
 
 
-def arch_list(capability):
-    """TORCH_CUDA_ARCH_LIST for a GPU of compute capability "9.0": its own and sm_90, which
-    .ci/check_build.py requires of every build."""
-    return ";".join(sorted({capability, "9.0"}, key=lambda a: tuple(int(p) for p in a.split("."))))
+def arch_number(item):
+    """90 for "9.0", "9.0+PTX" or "9.0a"."""
+    return int("".join(ch for ch in item.split("+")[0] if ch.isdigit()))
+
+
+def carried_problem(build, torch_version, capability):
+    """Why the in-place build in the tree (the probe's "build") cannot serve a GPU of
+    `capability` under this torch, or None: a build for another torch does not load (the
+    package falls back to the reference path), and the GPU needs its own cubin or older PTX."""
+    if not build:
+        return "no skelmae_ext/_C*.so with its _build_info.py in the tree"
+    if not build["with_cuda"]:
+        return "built without the CUDA kernels"
+    if build["torch"] != torch_version:
+        return f"built for torch {build['torch']}, this is torch {torch_version}"
+    items = [i for i in build["arch_list"].replace(" ", ";").split(";") if i]
+    gpu = arch_number(capability)
+    if gpu not in {arch_number(i) for i in items} and not any(
+            i.endswith("+PTX") and arch_number(i) <= gpu for i in items):
+        return f"built for {build['arch_list']}, not for compute capability {capability}"
+    return None
 
 
 def pytest_command(ctx, selection, options=(), wrapper=(), parallel=False, env=None):
@@ -127,14 +157,14 @@ def sanitizer(tool):
 
 
 def expected_benchmarks():
-    """Ids of the benchmarks the two benchmark stages must run."""
+    """Ids of the benchmarks each benchmark stage must run: ops, eager steps, compiled step."""
     ops = [rf"benchmarks/test_ops\.py::test_{op}\[{shape}-cuda-{re.escape(p)}-{re.escape(m)}\]$"
            for op, shape in OP_SHAPES.items() for p in GPU_PROVIDERS for m in ("forward", "forward+backward")]
     ops.append(r"benchmarks/test_ops\.py::test_copy_bandwidth\[cuda\]$")
-    models = [rf"benchmarks/test_models\.py::test_{kind}_step\[N{n}-cuda-{re.escape(p)}\]$"
-              for kind in ("pretraining", "finetuning") for n in (16, 128) for p in GPU_PROVIDERS
-              if kind == "pretraining" or p != "reference-compiled"]
-    return ops, models
+    steps = [rf"benchmarks/test_models\.py::test_{kind}_step\[N{n}-cuda-{p}\]$"
+             for kind, batches in STEPS.items() for n in batches for p in ("reference", "cuda", "triton")]
+    compiled = [r"benchmarks/test_models\.py::test_pretraining_step\[N128-cuda-reference-compiled\]$"]
+    return ops, steps, compiled
 
 
 def expected_tests(files, backends=("cuda", "triton")):
@@ -142,64 +172,86 @@ def expected_tests(files, backends=("cuda", "triton")):
     return [rf"^tests/{re.escape(f)}::.*\[(.*-)?cuda-{b}\]$" for f in files for b in backends]
 
 
+def build_stage(ctx):
+    """The in-place build for the GPU's architecture alone, or the carried build checked."""
+    check = Command([ctx.python, ".ci/check_build.py"], {"SKELMAE_ARCH_LIST_ONLY": "1"})
+    if ctx.prebuilt and ctx.carried is None:
+        return Stage("build", 15, "the carried build (--prebuilt): .ci/check_build.py", [check],
+                     ["module:torch"], after="gpu")
+    note = f" (carried build not used: {ctx.carried})" if ctx.prebuilt else ""
+    # 54 s and 64 s on an H200 machine with 16 cores, its one architecture.
+    return Stage("build", 75, f"the kernels in place, TORCH_CUDA_ARCH_LIST={ctx.arch_list}, {ctx.jobs} jobs; "
+                              f".ci/check_build.py{note}", [
+        Command([ctx.python, "setup.py", "build_ext", "--inplace"],
+                {"TORCH_CUDA_ARCH_LIST": ctx.arch_list, "MAX_JOBS": str(ctx.jobs), "SKELMAE_FORCE_CUDA": "1"}),
+        check,
+    ], ["nvcc", "ninja", "module:torch", "module:setuptools"], after="gpu")
+
+
 def stages(ctx):
-    """Every stage, in order; budgets in seconds (their sum stays under LIMIT_S), sized by two
-    runs on an H200 (tests/README.md)."""
-    out = ctx.out
+    """Every stage, in order; budgets in seconds (their sum stays within LIMIT_S), sized by two
+    runs on an H200 of a larger check (tests/README.md)."""
+    out, logs = ctx.out, ctx.logs
     me = [ctx.python, "scripts/gpu_check.py"]
-    ops_ids, model_ids = expected_benchmarks()
+    ops_ids, step_ids, compiled_ids = expected_benchmarks()
     op_files = ["test_masked_graph_conv.py", "test_cosine_reconstruction_loss.py"]
     no_caching = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # every tensor its own allocation: overruns are caught
+    probe_argv = [*me, "--probe", str(out / "env.json")]
+    profile = [ctx.python, "scripts/gpu_profile.py", str(out)]
+    bench_json = {name: logs / f"{name}.json" for name in ("bench-ops", "bench-models", "bench-compiled")}
     return [
-        Stage("env", 15, "nvidia-smi, the GPU's name and compute capability, torch / triton / nvcc versions", [
-            Command([*me, "--probe", str(out / "env.json")]),
+        Stage("env", 15, "nvidia-smi, the GPU's name and compute capability, torch / triton / nvcc versions, "
+                         "the carried build", [
+            Command(probe_argv, here=probe_argv),
             Command(["nvidia-smi"]),
             Command(["nvcc", "--version"]),
             Command(["compute-sanitizer", "--version"]),
         ], ["nvidia-smi", "nvcc", "compute-sanitizer", "module:torch"], keep_going=True),
-        # 54 s and 64 s on an H200 machine with 16 cores, its one architecture.
-        Stage("build", 80, f"the kernels in place, TORCH_CUDA_ARCH_LIST={ctx.arch_list}, {ctx.jobs} jobs; "
-                            ".ci/check_build.py", [
-            Command([ctx.python, "setup.py", "build_ext", "--inplace"],
-                    {"TORCH_CUDA_ARCH_LIST": ctx.arch_list, "MAX_JOBS": str(ctx.jobs), "SKELMAE_FORCE_CUDA": "1"}),
-            Command([ctx.python, ".ci/check_build.py"]),
-        ], ["nvcc", "ninja", "module:torch", "module:setuptools"], after="gpu"),
-        Stage("tests", 95, f'pytest tests/ -k "{TESTS_K}": the op tests on cuda for each GPU backend, '
-                            "test_cuda.py, the compile tests", [
-            pytest_command(ctx, ["tests/", "-k", TESTS_K], ["-rA"], parallel=True,
+        build_stage(ctx),
+        Stage("tests", 55, f'pytest tests/ -m "{TESTS_M}": the op tests on cuda for each GPU backend', [
+            pytest_command(ctx, ["tests/", "-m", TESTS_M], ["-rA", "--durations=10"], parallel=True,
                            env={"TORCHINDUCTOR_COMPILE_THREADS": "2"}),  # beside the xdist workers
-        ], ["module:pytest", "module:triton"], after="build",
+        ], ["module:pytest", "module:triton"], after="build", count=MAX_TESTS,
             expect=expected_tests(op_files) + [
-                r"^tests/test_cuda\.py::", r"^tests/test_triton_compile\.py::",
-                *[rf"^tests/test_compile\.py::.*\[cuda-{b}\]$" for b in ("cuda", "triton", "auto")],
-                *[rf"^tests/test_registry\.py::test_opcheck_.*\[cuda-{b}\]$" for b in ("cuda", "triton")]]),
-        Stage("memcheck", 60, "compute-sanitizer memcheck on the small op tests", [
-            pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", MEMCHECK_K], ["-rA"],
-                           wrapper=sanitizer("memcheck"), env=no_caching),
+                *[rf"^tests/test_cuda\.py::test_{name}$" for name in (
+                    "reduce_overhead_compile_with_linear_matches_eager", "cuda_graph_capture_and_replay",
+                    "graph_conv_offsets_past_2_31", "loss_offsets_past_2_31")],
+                *[rf"^tests/test_{name}\[cuda-{b}\]$" for b in ("cuda", "triton")
+                  for name in ("compile\\.py::test_fullgraph_compile_matches_eager",
+                               "registry\\.py::test_opcheck_graph_conv", "registry\\.py::test_opcheck_loss",
+                               "validation\\.py::test_direct_op_calls_still_check")]]),
+        # On an H200 a sanitized pytest took 10 s to start (memcheck) and 11 s (racecheck).
+        Stage("memcheck", 25, f'compute-sanitizer memcheck on pytest -m "{MEMCHECK_M}"', [
+            pytest_command(ctx, ["tests/", "-m", MEMCHECK_M], ["-rA"], wrapper=sanitizer("memcheck"), env=no_caching),
         ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files),
-            count=150, sanitizer=True),
-        Stage("racecheck", 30, "compute-sanitizer racecheck on a few small cases of the CUDA C++ kernels", [
-            pytest_command(ctx, ["tests/" + f for f in op_files] + ["-k", RACECHECK_K], ["-rA"],
-                           wrapper=sanitizer("racecheck"), env=no_caching),
+            count=MAX_SANITIZED, sanitizer=True),
+        Stage("racecheck", 25, f'compute-sanitizer racecheck on pytest -m "{RACECHECK_M}"', [
+            pytest_command(ctx, ["tests/", "-m", RACECHECK_M], ["-rA"], wrapper=sanitizer("racecheck"),
+                           env=no_caching),
         ], ["compute-sanitizer", "module:pytest"], after="build", expect=expected_tests(op_files, ["cuda"]),
-            count=4, sanitizer=True),
+            count=2, sanitizer=True),
         # Four small compiles (the reference path's ops, forward and forward+backward), then timing.
-        Stage("bench-ops", 45, "both ops forward and forward+backward at the acceptance shapes, copy bandwidth", [
+        Stage("bench-ops", 35, "both ops forward and forward+backward at the acceptance shapes, copy bandwidth", [
             pytest_command(ctx, ["benchmarks/test_ops.py", "--benchmark-only", "-k", BENCH_OPS_K],
-                           ["-rA", f"--benchmark-json={out / 'bench-ops.json'}"]),
+                           ["-rA", f"--benchmark-json={bench_json['bench-ops']}"]),
         ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=ops_ids, count=len(ops_ids)),
-        # On an H200 the eager benchmarks took 83 s and 131 s, then two whole-model compiles.
-        Stage("bench-models", 145, "pre-training and fine-tuning steps at N = 16 and 128", [
-            pytest_command(ctx, ["benchmarks/test_models.py", "--benchmark-only", "-k", selection],
-                           ["-rA", f"--benchmark-json={out / name}"])
-            for selection, name in ((BENCH_EAGER_K, "bench-models.json"), (BENCH_COMPILED_K, "bench-compiled.json"))
-        ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=model_ids, count=len(model_ids),
-            keep_going=True),
-        Stage("report", 10, "benchmarks/report.py's table of both benchmark stages, the speed targets", [
-            Command([*me, "--merge", str(out / "bench.json"),
-                     *[str(out / name) for name in ("bench-ops.json", "bench-models.json", "bench-compiled.json")]]),
-            Command([ctx.python, "benchmarks/report.py", str(out / "bench.json")]),
-            Command([*me, "--targets", str(out / "bench.json"), str(out / "targets.json")]),
+        Stage("bench-models", 40, "the pre-training step at N = 128 and the fine-tuning step at N = 16 and 128, "
+                                  "the reference and the twins, eager", [
+            pytest_command(ctx, ["benchmarks/test_models.py", "--benchmark-only", "-k", BENCH_MODELS_K],
+                           ["-rA", f"--benchmark-json={bench_json['bench-models']}"]),
+        ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=step_ids, count=len(step_ids)),
+        Stage("profile", 20, "torch.profiler kernel tables: masked_graph_conv forward+backward "
+                             "(G16384-V17-C64, cuda) and the twin's pre-training step at N = 128", [
+            Command([*profile, "--device", "cuda"], here=[*profile, "--device", "cpu"]),
+        ], ["module:torch"], after="build"),
+        # Its own budget is what the others' budgets leave of LIMIT_S; it also takes what they leave unused.
+        Stage("bench-compiled", 5, "the reference pre-training step at N = 128 compiled", [
+            pytest_command(ctx, ["benchmarks/test_models.py", "--benchmark-only", "-k", BENCH_COMPILED_K],
+                           ["-rA", f"--benchmark-json={bench_json['bench-compiled']}"]),
+        ], ["module:pytest", "module:pytest_benchmark"], after="build", expect=compiled_ids, count=1, extends=True),
+        Stage("report", 5, "the benchmarks merged, benchmarks/report.py's table and the speed targets", [
+            Command([*me, "--merge", str(out / "bench.json"), *map(str, bench_json.values())]),
+            Command([*me, "--report", str(out / "bench.json"), str(out)]),
         ], ["module:pytest_benchmark"], after="build"),
     ]
 
@@ -312,7 +364,7 @@ def run_stage(stage, ctx, log):
     text = log.read_text(errors="replace")
     ok, details = examine(stage, text)
     record = {"stage": stage.name, "budget_s": stage.budget_s, "seconds": round(time.monotonic() - start, 1),
-              "log": log.name, **details}
+              "log": str(log.relative_to(ctx.out)), **details}
     if timed_out:
         record["status"] = "TIMEOUT"
     elif status or not ok:
@@ -327,11 +379,13 @@ def run_stage(stage, ctx, log):
 
 
 def load_probe(ctx):
+    """The env stage's findings: the architecture to build for (an H100's where no GPU is
+    visible, as in the dry run), the test workers, whether the carried build fits."""
     path = ctx.out / "env.json"
     probe = json.loads(path.read_text()) if path.exists() else {}
-    if probe.get("capability"):
-        ctx.arch_list = arch_list(probe["capability"])
+    ctx.arch_list = probe.get("capability") or ctx.arch_list
     ctx.xdist = bool(probe.get("pytest-xdist"))
+    ctx.carried = carried_problem(probe.get("build"), probe.get("torch"), ctx.arch_list)
     return probe
 
 
@@ -346,8 +400,8 @@ def summary_lines(records, probe, total_s, out):
     failed = [r for r in records if r["status"] != "PASS"]
     lines = [f"GPU check: {describe_gpu(probe)}",
              f"{len(records) - len(failed)} of {len(records)} stages passed in {total_s:.0f} s "
-             f"(limit {LIMIT_S} s); logs and JSON in {out}/", ""]
-    lines.append(f"{'stage':<13}{'result':<9}{'time / budget':>15}  detail")
+             f"(limit {LIMIT_S} s); results in {out}/, logs in {out}/stages/", ""]
+    lines.append(f"{'stage':<15}{'result':<9}{'time / budget':>15}  detail")
     for r in records:
         detail = r.get("result", "")
         if "sanitizer" in r:
@@ -356,7 +410,7 @@ def summary_lines(records, probe, total_s, out):
             detail = r["targets"]
         if r["status"] == "SKIPPED":
             detail = r["reason"]
-        lines.append(f"{r['stage']:<13}{r['status']:<9}{r.get('seconds', 0):>7.0f} / {r['budget_s']:>3} s  {detail}")
+        lines.append(f"{r['stage']:<15}{r['status']:<9}{r.get('seconds', 0):>7.0f} / {r['budget_s']:>3} s  {detail}")
         shown = r.get("failed", [])
         lines += [f"    FAILED {name}" for name in shown[:8]]
         if len(shown) > 8:
@@ -387,7 +441,7 @@ def targets_line(out):
         return None
     rows = json.loads(path.read_text())
     held = sum(r["held"] is True for r in rows)
-    return f"speed targets: {held} of {len(rows)} held (table above, targets.json)"
+    return f"speed targets: {held} of {len(rows)} held (report.md, targets.json)"
 
 
 def blocked(stage, records, probe, only):
@@ -404,32 +458,43 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def stage_budget(stage, later, budgets, elapsed):
+    """The stage's budget (--budget's, else its own); a stage that extends also takes what the
+    stages before it left unused of LIMIT_S, less the budgets of the `later` ones."""
+    budget = budgets.get(stage.name, stage.budget_s)
+    if stage.extends:
+        budget = max(budget, int(LIMIT_S - elapsed - sum(budgets.get(s.name, s.budget_s) for s in later)))
+    return budget
+
+
 def run(ctx, only, budgets, bundle):
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    ctx.logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     records, probe = [], {}
     (ctx.out / "env.json").unlink(missing_ok=True)  # the GPU found is this run's
+    names = [s.name for s in stages(ctx) if not only or s.name in only or s.name == "env"]
     previous = signal.signal(signal.SIGTERM, interrupt)  # a caller's timeout: stop the stage, write the summary
     try:
-        for name in [s.name for s in stages(ctx)]:
-            # Built again for each stage: the env stage sets the arch list and the test workers.
-            stage = next(s for s in stages(ctx) if s.name == name)
-            stage.budget_s = budgets.get(name, stage.budget_s)
-            if only and name not in only and name != "env":
-                continue
+        for index, name in enumerate(names):
+            # Built again for each stage: the env stage sets the arch list, the test workers and
+            # whether the carried build is used.
+            current = stages(ctx)
+            stage = next(s for s in current if s.name == name)
             reason = blocked(stage, records, probe, only)
             if reason:
-                records.append({"stage": name, "status": "SKIPPED", "budget_s": stage.budget_s, "reason": reason})
+                records.append({"stage": name, "status": "SKIPPED", "budget_s": budgets.get(name, stage.budget_s),
+                                "reason": reason})
                 continue
+            later = [s for s in current if s.name in names[index + 1:]]
+            stage.budget_s = stage_budget(stage, later, budgets, time.monotonic() - started)
             print(f"== {stage.name} (budget {stage.budget_s} s): {stage.purpose}", flush=True)
-            record = run_stage(stage, ctx, ctx.out / f"{stage.name}.log")
+            record = run_stage(stage, ctx, ctx.logs / f"{stage.name}.log")
             if stage.name == "env":
                 probe = load_probe(ctx)
                 record["status"] = record["status"] if probe.get("cuda_available") else "FAIL"
                 record["result"] = describe_gpu(probe)
             if stage.name == "report":
                 record["targets"] = targets_line(ctx.out)
-                print((ctx.out / "report.log").read_text(errors="replace"), flush=True)
             records.append(record)
             print(f"   {record['status']} in {record['seconds']:.0f} s", flush=True)
             write_results(ctx, records, probe, started, bundle)
@@ -466,18 +531,18 @@ def dry_run_command(command, ctx, log):
         if not (ROOT / script).exists():
             return False, f"{script} does not exist"
         py_compile.compile(str(ROOT / script), doraise=True)
-    if "--probe" in command.argv:  # runs anywhere: reports that no GPU is visible here
-        status, _ = run_command(command, log, time.monotonic() + 120, GRACE_S)
-        return status == 0, f"probe exit {status}"
+    if command.here:
+        status, _ = run_command(Command(command.here, command.env), log, time.monotonic() + 300, GRACE_S)
+        return status == 0, f"{Path(command.here[1]).name} ran here: exit {status}"
     return True, "scripts compile" if scripts else f"{command.argv[0]} named"
 
 
 def dry_run(ctx):
     ctx.out.mkdir(parents=True, exist_ok=True)
-    report, ok = [], True
-    all_stages = stages(ctx)
-    total = sum(s.budget_s for s in all_stages)
-    for stage in all_stages:
+    entries, ok = [], True
+    for name in [s.name for s in stages(ctx)]:
+        # Built again after the probe, as in a run: the build stage follows what it found.
+        stage = next(s for s in stages(ctx) if s.name == name)
         log = ctx.out / f"dry-run-{stage.name}.log"
         log.write_text(f"# dry run of {stage.name}\n")
         entry = {"stage": stage.name, "budget_s": stage.budget_s, "purpose": stage.purpose,
@@ -487,17 +552,19 @@ def dry_run(ctx):
             good, note = dry_run_command(command, ctx, log)
             entry["checks"].append(note)
             ok &= good
+        if stage.name == "env":
+            load_probe(ctx)
         if stage.expect:
             ids = [line.strip() for line in log.read_text().splitlines() if "::" in line and not line.startswith("$")]
             entry["collected"] = len(ids)
             entry["not_collected"] = missing(stage.expect, ids)
-            # count bounds what a stage's budget was sized for; the benchmark stages give it exactly.
-            fits = stage.count is None or (len(ids) <= stage.count if stage.sanitizer else len(ids) == stage.count)
+            # count bounds what a stage's budget was sized for (the benchmark stages expect each one).
+            fits = stage.count is None or len(ids) <= stage.count
             ok &= not entry["not_collected"] and fits
             if not fits:
-                bound = "at most" if stage.sanitizer else "expected"
-                entry["checks"].append(f"collected {len(ids)}, {bound} {stage.count}")
-        report.append(entry)
+                entry["checks"].append(f"collected {len(ids)}, at most {stage.count}")
+        entries.append(entry)
+    total = sum(entry["budget_s"] for entry in entries)
     if total > LIMIT_S:
         ok = False
         print(f"the stage budgets add up to {total} s, past the {LIMIT_S} s the check must finish in")
@@ -505,31 +572,44 @@ def dry_run(ctx):
     if wrapper.returncode:
         ok = False
         print(f"bash -n scripts/gpu_check.sh: {wrapper.stderr.strip()}")
-    (ctx.out / "dry-run.json").write_text(json.dumps({"ok": ok, "budget_s": total, "stages": report}, indent=1))
+    carried = ("fits an sm_90 GPU under this torch" if ctx.carried is None else f"does not fit ({ctx.carried})")
+    (ctx.out / "dry-run.json").write_text(json.dumps({"ok": ok, "budget_s": total, "carried_build": ctx.carried,
+                                                      "stages": entries}, indent=1))
     print(f"GPU check dry run: stage budgets {total} s of {LIMIT_S} s; python {ctx.python}; "
-          f"arch list (as for an H100) {ctx.arch_list}\n")
-    for entry in report:
+          f"arch list (as for an H100) {ctx.arch_list}; the in-place build here {carried}\n")
+    for entry in entries:
         tools = ", ".join(f"{t.removeprefix('module:')}{'' if found else ' (not found here)'}"
                           for t, found in entry["tools"].items())
         collected = f"; collects {entry['collected']}" if "collected" in entry else ""
-        print(f"{entry['stage']:<13}{entry['budget_s']:>4} s  {'; '.join(entry['checks'])}{collected}")
-        print(f"{'':<19}tools: {tools}")
+        print(f"{entry['stage']:<15}{entry['budget_s']:>4} s  {'; '.join(entry['checks'])}{collected}")
+        print(f"{'':<21}tools: {tools}")
         for pattern in entry.get("not_collected", []):
-            print(f"{'':<19}NOT COLLECTED: {pattern}")
+            print(f"{'':<21}NOT COLLECTED: {pattern}")
     print(f"\ndry run {'passed' if ok else 'FAILED'} (details: {ctx.out}/dry-run.json and dry-run-*.log)")
     return 0 if ok else 1
 
 
 # ---- helpers the stages call (subcommands) --------------------------------------------------------
 
+def in_place_build():
+    """The build in the tree as setup.py described it (skelmae_ext/_build_info.py), or None."""
+    libraries = sorted((ROOT / "skelmae_ext").glob("_C*.so"))
+    info = ROOT / "skelmae_ext" / "_build_info.py"
+    if not libraries or not info.exists():
+        return None
+    values = runpy.run_path(str(info))
+    return {"library": libraries[0].name, "torch": values["TORCH_VERSION"], "with_cuda": values["WITH_CUDA"],
+            "arch_list": values["CUDA_ARCH_LIST"] or ""}
+
+
 def probe(path):
-    """The environment report: versions, the GPU and its compute capability."""
+    """The environment report: versions, the GPU and its compute capability, the build in the tree."""
     import importlib.metadata as metadata
 
     import torch
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
+            "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count(), "build": in_place_build()}
     for name in ("triton", "pytest", "pytest-benchmark", "pytest-xdist", "expecttest", "numpy", "setuptools",
                  "ninja"):
         try:
@@ -587,25 +667,34 @@ def evaluate_targets(groups, speedups):
     return rows
 
 
-def targets(bench_json, target_json):
-    report = load_report_module()
-    _, groups = report.load_groups(bench_json)
-    rows = evaluate_targets(groups, report.speedups(groups))
-    Path(target_json).write_text(json.dumps(rows, indent=1))
-    print("\n| target | provider | needed | measured | verdict |\n|---|---|---:|---:|---|")
+def report(bench_json, out):
+    """OUT/targets.json, and OUT/report.md: benchmarks/report.py's table of every benchmark, then
+    each speed target held or missed, and by how much."""
+    module = load_report_module()
+    _, groups = module.load_groups(bench_json)
+    rows = evaluate_targets(groups, module.speedups(groups))
+    (Path(out) / "targets.json").write_text(json.dumps(rows, indent=1))
+    lines = [module.markdown(groups), "",
+             "| target | provider | needed | measured | verdict |", "|---|---|---:|---:|---|"]
     for r in rows:
         if r["measured"] is None:
             verdict, measured = "not measured", ""
         else:
             measured = f"{r['measured']:.3g}"
             verdict = "held" if r["held"] else f"missed: {r['measured'] / r['at_least']:.0%} of the target"
-        print(f"| {r['benchmark']}: {r['figure']} | {r['provider']} | {r['at_least']} | {measured} | {verdict} |")
+        lines.append(f"| {r['benchmark']}: {r['figure']} | {r['provider']} | {r['at_least']} | {measured} "
+                     f"| {verdict} |")
+    (Path(out) / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", default="gpu-check-out", help="folder for logs and JSON results")
+    parser.add_argument("out", nargs="?", default="gpu-check-out", help="folder for the results (logs in stages/)")
+    parser.add_argument("--prebuilt", action="store_true",
+                        help="check the carried in-place build (of these sources) instead of building, where it fits "
+                             "this GPU and torch")
     parser.add_argument("--bundle", type=Path, help="also write gpu-check.tar.gz and the summary here")
     parser.add_argument("--dry-run", action="store_true", help="check every stage's command line, without a GPU")
     parser.add_argument("--stages", help="comma-separated stages to run (env always runs)")
@@ -613,15 +702,15 @@ def main(argv=None):
                         help="another time budget for a stage")
     parser.add_argument("--probe", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument("--merge", nargs="+", metavar="JSON", help=argparse.SUPPRESS)
-    parser.add_argument("--targets", nargs=2, metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--report", nargs=2, metavar=("JSON", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         return probe(args.probe)
     if args.merge:
         return merge(args.merge[0], args.merge[1:])
-    if args.targets:
-        return targets(*args.targets)
-    ctx = Context(out=(ROOT / args.out).resolve())
+    if args.report:
+        return report(*args.report)
+    ctx = Context(out=(ROOT / args.out).resolve(), prebuilt=args.prebuilt)
     names = [s.name for s in stages(ctx)]
     only = set(args.stages.split(",")) if args.stages else set()
     budgets = {}

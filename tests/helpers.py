@@ -22,7 +22,8 @@ def compiled_backends(device):
 # Every (device, compiled backend) pair available here: the kernels under test.
 DEVICE_BACKENDS = [
     pytest.param(
-        device, backend, id=f"{device.type}-{backend}", marks=[pytest.mark.triton] if backend == "triton" else []
+        device, backend, id=f"{device.type}-{backend}",
+        marks=[pytest.mark.triton] * (backend == "triton") + [pytest.mark.gpu] * (device.type == "cuda"),
     )
     for device in DEVICES
     for backend in compiled_backends(device)

@@ -37,6 +37,7 @@ AUTO = [pytest.param(d, "auto", id=f"{d.type}-auto") for d in DEVICES if compile
 CASES = DEVICE_BACKENDS + AUTO + ([] if "triton" in ops.available_backends("cuda") else [GPU_TRITON])
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", CASES)
 def test_fullgraph_compile_matches_eager(device, backend):
     args = inputs(device)

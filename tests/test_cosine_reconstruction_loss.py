@@ -63,8 +63,8 @@ def assert_all_close(actual, expected, dtype=torch.float32, equal_nan=False):
         torch.testing.assert_close(a, e.to(a.dtype), rtol=rtol, atol=atol, equal_nan=equal_nan)
 
 
-# One row cannot be partly masked: (1, 2) runs with the other kinds only. (Ids as of two
-# parameters, "<kind>-shape<i>": scripts/gpu_check.py selects by them.)
+# One row cannot be partly masked: (1, 2) runs with the other kinds only (ids as of two
+# parameters, "<kind>-shape<i>").
 SHAPES_AND_MASKS = [pytest.param(shape, kind, id=f"{kind}-shape{index}")
                     for kind in ["none", "empty", "full", "partial"]
                     for index, shape in enumerate([(1, 2), (37, 3), (300, 64), (2, 50, 128), (4, 5, 6, 64)])
@@ -81,6 +81,7 @@ def test_matches_reference(device, backend, shape, mask_kind, reduction, beta):
     assert_all_close(run(inputs, backend, **kwargs), run_exact(inputs, **kwargs))
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("mask_kind", ["none", "partial"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -106,12 +107,14 @@ def test_second_backward_through_a_retained_graph(device, backend):
     assert_all_close(torch.autograd.grad(loss, [pred, target]), expected)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_many_rows(device, backend):
     inputs = make_inputs((20_000, 64), "partial", device)
     assert_all_close(run(inputs, backend), run_exact(inputs))
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_hand_computed(device, backend):
     # Rows: orthogonal (cos 0, l = 1), opposite (cos -1, l = 4), 45 degrees
@@ -311,6 +314,8 @@ def test_empty_mask_gives_zero_loss_and_gradients(device, backend):
     assert torch.count_nonzero(pred.grad) == 0 and torch.count_nonzero(target.grad) == 0
 
 
+@pytest.mark.gpu_smoke
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_non_contiguous_inputs(device, backend):
     generator = seeded(9)
@@ -340,6 +345,7 @@ def test_bitwise_deterministic(device, backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_error_within_twice_reference(device, backend, dtype):

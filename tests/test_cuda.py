@@ -15,7 +15,7 @@ from skelmae_ext import ops
 from helpers import seeded
 from skeletons import adjacency, make_mask
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 class MaskedBlock(torch.nn.Module):
@@ -41,6 +41,7 @@ def batch(seed, graphs=256, joints=17, channels=64):
     return x.cuda(), mask.cuda(), target.cuda()
 
 
+@pytest.mark.gpu_smoke
 def test_reduce_overhead_compile_with_linear_matches_eager():
     # CUDA graphs capture on a side stream: a kernel launched on another stream than the
     # current one breaks the capture or replays stale results (pytorch/extension-cpp#118).
@@ -60,6 +61,7 @@ def test_reduce_overhead_compile_with_linear_matches_eager():
     assert not counters["inductor"]["cudagraph_skips"], "the compiled model ran without CUDA graphs"
 
 
+@pytest.mark.gpu_smoke
 def test_cuda_graph_capture_and_replay():
     # Capture fails on any host sync (.item(), a pageable copy) or legacy-stream launch.
     x, mask, target = batch(0)
@@ -99,6 +101,7 @@ def _skip_unless_free(tensors, numel, dtype):
         pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
 
 
+@pytest.mark.gpu_smoke
 def test_graph_conv_offsets_past_2_31():
     joints, channels, dtype = 17, 64, torch.bfloat16
     graphs = 2**31 // (joints * channels) + 100  # the last graphs start past 2^31 elements
@@ -139,6 +142,7 @@ def test_graph_conv_offsets_past_2_31():
     torch.testing.assert_close(grad_eps.double(), expected_eps.float().double(), rtol=1e-5, atol=1e-2)
 
 
+@pytest.mark.gpu_smoke
 def test_loss_offsets_past_2_31():
     channels, dtype = 64, torch.bfloat16
     rows = 2**31 // channels + 1000

@@ -68,12 +68,14 @@ def test_matches_reference(device, backend, joints, channels, mask_kind, eps, gr
     assert_all_close(run(inputs, backend), run_exact(inputs), torch.float32)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_many_graphs(device, backend):
     inputs = make_inputs(size_for(device, backend, 10_000, 300), 17, 64, "partial", 0.1, device)
     assert_all_close(run(inputs, backend), run_exact(inputs), torch.float32)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_hand_computed_path_graph(device, backend):
     # Path 0 - 1 - 2, one channel, joint 1 masked by token 10, eps 0.5:
@@ -131,6 +133,7 @@ class BackwardCalls(TorchDispatchMode):
         return out
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_gradient_flows_only_to_inputs_that_need_it(device, backend):
     """x is data (no grad), eps a number: the backward kernel is asked for the token's gradient
@@ -146,6 +149,8 @@ def test_gradient_flows_only_to_inputs_that_need_it(device, backend):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.gpu_smoke
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_non_contiguous_inputs(device, backend):
     generator = seeded(3)
@@ -181,6 +186,7 @@ def test_deterministic_across_thread_counts():
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_error_within_twice_reference(device, backend, dtype):

@@ -79,6 +79,7 @@ def _opcheck(name, backend, args):
         torch.library.opcheck(backends.compiled_op(name, backend).default, args)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_opcheck_graph_conv(device, backend):
     for args in _graph_conv_samples(device):
@@ -88,6 +89,7 @@ def test_opcheck_graph_conv(device, backend):
         _opcheck("masked_graph_conv_backward", backend, backward_args)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_opcheck_loss(device, backend):
     for args in _loss_samples(device):

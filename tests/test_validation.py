@@ -85,6 +85,7 @@ def test_loss_rejects(case, backend):
         ops.cosine_reconstruction_loss(**loss_args(**overrides), backend=backend)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_direct_op_calls_still_check(device, backend):
     # torch.ops calls skip the Python wrapper; the kernels still refuse bad shapes.
