@@ -24,7 +24,7 @@ from . import demo, plot
 from .data import DataError, describe, format_description
 from .train import (CheckpointError, ConfigError, Diverged, distributed, ensemble, evaluate, extract, finetune, info,
                     knn, pretrain)
-from .train.config import DEFAULTS, FEATS, PRETRAIN_MODELS, build, load_yaml, nest, to_yaml
+from .train.config import COMPILE_MODES, DEFAULTS, FEATS, PRETRAIN_MODELS, build, load_yaml, nest, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
 
@@ -57,7 +57,9 @@ _RUN = [
     ("--seed", "train.seed", dict(type=int)),
     ("--threads", "train.threads", dict(type=_auto_int, metavar="N", help="torch's CPU threads")),
     ("--amp", "train.amp", dict(action="store_const", const=True, help="bfloat16 autocast (CUDA)")),
-    ("--compile", "train.compile", dict(action="store_const", const=True, help="torch.compile the model")),
+    ("--compile", "train.compile", dict(nargs="?", const=True, choices=COMPILE_MODES, metavar="MODE",
+                                        help="torch.compile the model; MODE: default, reduce-overhead (CUDA graphs "
+                                             "on a GPU) or max-autotune")),
     ("--save-every", "train.save_every", dict(type=int, metavar="N", help="epoch_N.pth every N epochs (0: never)")),
     ("--save-every-steps", "train.save_every_steps", dict(type=int, metavar="N", help="latest.pth every N steps too")),
     ("--log-every-steps", "train.log_every_steps", dict(type=int, metavar="N")),

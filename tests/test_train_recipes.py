@@ -187,3 +187,30 @@ def test_a_trunk_pretraining_gives_pooled_features_and_no_skeleton_view(trunk, t
         assert saved["features"].shape == (6, 8) and np.isfinite(saved["features"]).all()
     with pytest.raises(plot.MissingInput, match=r"pre-trained the trunk \(TrunkMAE\), whose targets are normalised"):
         plot.reconstruction(folder / "trunk")
+
+
+@pytest.mark.parametrize("option,mode", [(True, None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_option_reaches_torch_compile(pretrained, monkeypatch, option, mode):
+    """train.compile: true is torch.compile's default mode; a mode name is passed on (the
+    compiled module itself is torch.compile's business: test_train_resume runs one)."""
+    folder, data = pretrained
+    modes = []
+
+    def compile_spy(module, mode=None):
+        modes.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", compile_spy)
+    train.pretrain({"data": {"source": data, "split": "train", "layout": folder / "stick13.json", "clip_len": 8,
+                             "repeat": 1},
+                    "model": {"embed_dim": 8},
+                    "train": {"work_dir": folder / f"compiled-{option}", "epochs": 1, "batch_size": 4, "threads": 1,
+                              "compile": option}})
+    assert modes == [mode]
+
+
+def test_compile_option_names_the_modes():
+    required = {"data": {"source": "data.pkl", "split": "train"}, "train": {"work_dir": "run"}}
+    with pytest.raises(ConfigError, match=r"train.compile: must be true, false or one of \['default', "
+                                          r"'reduce-overhead', 'max-autotune'\], got 'fast'"):
+        config.build("pretrain", required, {"train": {"compile": "fast"}})

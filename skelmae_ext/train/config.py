@@ -91,6 +91,9 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 SCHEDULES = ("constant", "cosine")
 FEATS = ("j", "b", "jm", "bm")
 AMP_DTYPES = ("bfloat16", "float16")
+# train.compile: false, true (torch.compile's default mode) or a torch.compile mode;
+# "reduce-overhead" replays the compiled step's kernels as CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 MAX_PERSONS = 2  # num_person "auto" pads to the data's largest count, at most PYSKL's 2
 # data.repeat "auto": a small training split (a label fraction, a small dataset) is passed over
 # several times an epoch, so that an epoch is at least this many samples (PYSKL's RepeatDataset)
@@ -192,6 +195,12 @@ def _device(value):
 _positive_int, _count, _positive = _integer(1), _integer(0), _real()
 
 
+def _compile(value):
+    if isinstance(value, bool) or value in COMPILE_MODES:
+        return value
+    raise ValueError(f"must be true, false or one of {list(COMPILE_MODES)}, got {value!r}")
+
+
 CHECKS = {
     "data.source": _text, "data.split": _text, "data.train_split": _text, "data.val_split": _text,
     "data.layout": lambda value: value if isinstance(value, dict) else _text(value), "data.clip_len": _positive_int, "data.num_person": _auto_or(_positive_int),
@@ -206,7 +215,7 @@ CHECKS = {
     "optim.label_smoothing": _real(0.0, 0.999, closed=True), "optim.encoder_lr_scale": _positive,
     "train.work_dir": _text, "train.epochs": _positive_int, "train.batch_size": _positive_int,
     "train.seed": _count, "train.device": _device, "train.threads": _auto_or(_positive_int),
-    "train.amp": _boolean, "train.amp_dtype": _choice(*AMP_DTYPES), "train.compile": _boolean,
+    "train.amp": _boolean, "train.amp_dtype": _choice(*AMP_DTYPES), "train.compile": _compile,
     "train.save_every": _count, "train.save_every_steps": _count, "train.log_every_steps": _positive_int,
     "train.resume": lambda value: value if value in (AUTO, False) else _text(value),
     "train.pretrained": _optional(_text), "train.val_every": _count, "train.sync_bn": _boolean,

@@ -206,7 +206,10 @@ class _Trainer:
             checkpoint.remove_partial(self.work_dir)
         resumed_from = self._resume()
         self._write_records(resumed_from)
-        forward = torch.compile(self.parallel) if self.train["compile"] else self.parallel
+        compile_mode = self.train["compile"]
+        forward = self.parallel
+        if compile_mode:
+            forward = torch.compile(self.parallel, mode=None if compile_mode is True else compile_mode)
         epochs = self.train["epochs"]
         processes = distributed.world_size()
         batch = f"batch size {self.train['batch_size']}" + (
