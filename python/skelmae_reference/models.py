@@ -130,6 +130,31 @@ class SkeletonMAEOutput(NamedTuple):
     mask: torch.Tensor  # [N, M, T, V] bool: the joints masked and scored
 
 
+def shared_rand(share, samples, *shape, device):
+    """torch.rand(samples, *shape) for this process's share of a global batch.
+
+    ``share`` is a model's ``batch_share`` (rank, processes K), a plain attribute, (0, 1) unless
+    the training engine sets it under torchrun: the processes hold the global batch's samples
+    dealt out (process r: samples r, r + K, ..., as skelmae_ext.data's EpochSampler deals them).
+    The draw is made for the global batch and rows rank, rank + K, ... are taken, so that K
+    processes draw what one process would; one process draws exactly torch.rand(samples, *shape)."""
+    rank, processes = share
+    if processes == 1:
+        return torch.rand(samples, *shape, device=device)
+    return torch.rand(samples * processes, *shape, device=device)[rank::processes]
+
+
+def shared_dropout(x, dropout, share):
+    """dropout(x) (an nn.Dropout in training mode) over rows of samples, its mask drawn for this
+    process's share of the global batch (see batch_share); one process runs the module itself."""
+    rank, processes = share
+    if processes == 1 or not dropout.training or dropout.p == 0:
+        return dropout(x)
+    # as ATen's CPU dropout: Bernoulli(1 - p) noise scaled by 1 / (1 - p), of the global batch's shape
+    noise = x.new_empty(x.shape[0] * processes, *x.shape[1:]).bernoulli_(1 - dropout.p)[rank::processes]
+    return x * noise.div_(1 - dropout.p)
+
+
 def check_positive_ints(**values):
     """Each named value is an int >= 1 (a size or count of the model)."""
     for name, value in values.items():
@@ -193,6 +218,8 @@ class SkeletonMAE(nn.Module):
             False it sees the encoder's output there too.
         learn_eps: learn GIN's eps (GraphMAE keeps it 0).
         ops: the implementation of the hot spots (an Ops); None: this package's plain PyTorch.
+
+    Its random masks are drawn for its ``batch_share`` of a global batch (see shared_rand).
     """
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3,
@@ -202,6 +229,7 @@ class SkeletonMAE(nn.Module):
         self.layout = get_layout(layout)
         self.in_channels, self.embed_dim, self.beta, self.target = in_channels, embed_dim, beta, target
         self.loss, self.remask = loss, remask
+        self.batch_share = (0, 1)
         self.mask_strategy = mask_strategy
         self.mask_ratio, self.num_mask_parts = mask_ratio, num_mask_parts
         self.mask_parts = self._check_config(mask_parts, num_layers)
@@ -244,17 +272,20 @@ class SkeletonMAE(nn.Module):
                              f"got {self.mask_ratio!r}")
         return tuple(int(p) for p in chosen)
 
-    def sample_mask(self, graphs, device):
-        """[G, V] bool: the joints to mask in each graph, by the masking strategy."""
+    def sample_mask(self, samples, graphs, device):
+        """[samples * graphs, V] bool: the joints to mask in each of the ``graphs`` graphs of each
+        sample, by the masking strategy (drawn for this process's share of the batch: batch_share)."""
         joints = self.layout.num_joints
         if self.mask_strategy == "parts":
-            return self.fixed_mask.expand(graphs, joints)
+            return self.fixed_mask.expand(samples * graphs, joints)
         if self.mask_strategy == "random_parts":
-            rank = torch.rand(graphs, len(self.layout.parts), device=device).argsort(1).argsort(1)
+            draw = shared_rand(self.batch_share, samples, graphs, len(self.layout.parts), device=device)
+            rank = draw.reshape(samples * graphs, -1).argsort(1).argsort(1)
             chosen = (rank < self.num_mask_parts).float()
             return (chosen @ self.part_membership.float()) > 0
         masked = max(1, round(self.mask_ratio * joints))
-        return torch.rand(graphs, joints, device=device).argsort(1).argsort(1) < masked
+        draw = shared_rand(self.batch_share, samples, graphs, joints, device=device)
+        return draw.reshape(samples * graphs, joints).argsort(1).argsort(1) < masked
 
     def encode(self, graphs, mask):
         """[G, V, C] graphs -> [G, V, D] codes, the masked joints replaced by the mask token."""
@@ -277,7 +308,7 @@ class SkeletonMAE(nn.Module):
         n, m, t, v, c = x.shape
         graphs = x.reshape(n * m * t, v, c)
         not_padding = graphs.abs().sum(dim=(1, 2)) > 0  # all-zero persons / frames are padding
-        mask = self.sample_mask(graphs.shape[0], x.device) & not_padding[:, None]
+        mask = self.sample_mask(n, m * t, x.device) & not_padding[:, None]
         hidden = self.encode(graphs, mask)
         reconstruction = self.decode(hidden, mask)
         centre = 0

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .layouts import get_layout
-from .models import GINEncoder, check_positive_ints, check_skeleton_input
+from .models import GINEncoder, check_positive_ints, check_skeleton_input, shared_dropout
 from .ops import ReferenceOps
 
 
@@ -194,7 +194,8 @@ class SSLClassifier(nn.Module):
     the pre-training's beyond the first layer) do not normalise what the copies see.
     ``pooling="mean"`` and ``joint_embedding=True`` are what make it learn (see STRL); ``pooling="sum",
     joint_embedding=False`` is the paper's model as written. ``dropout`` drops pooled features
-    before the head in training. ``ops``: the implementation of the hot spots (an ops.Ops);
+    before the head in training, its mask drawn for the model's ``batch_share`` of a global
+    batch (see models.shared_rand). ``ops``: the implementation of the hot spots (an ops.Ops);
     None: this package's plain PyTorch.
     """
 
@@ -211,6 +212,7 @@ class SSLClassifier(nn.Module):
         self.strl = STRL(self.layout, in_channels, embed_dim, num_layers, num_frames, num_strl_layers, learn_eps,
                          pooling, joint_embedding, ops)
         self.dropout = nn.Dropout(dropout)  # on the pooled features, before the head
+        self.batch_share = (0, 1)  # see models.shared_rand
         self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes))
         if freeze_encoder:
             for module in self.encoder_modules():
@@ -231,7 +233,7 @@ class SSLClassifier(nn.Module):
 
     def forward(self, x):
         """[N, M, T, V, C] -> logits [N, num_classes]."""
-        return self.head(self.dropout(self.features(x)))
+        return self.head(shared_dropout(self.features(x), self.dropout, self.batch_share))
 
     def from_pretrained(self, source):
         """load_pretrained(source), returning self."""

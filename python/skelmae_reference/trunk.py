@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .models import check_positive_ints
+from .models import check_positive_ints, shared_rand
 from .ops import ReferenceOps
 from .strl import STRL, pooled, present_persons
 
@@ -63,6 +63,8 @@ class TrunkMAE(nn.Module):
         chunk: frames per tube; num_frames must be a multiple of it.
         target: "motion", "position" or "both" (see the module docstring).
         ops: the implementation of the hot spots (an Ops); None: this package's plain PyTorch.
+
+    Its random masks are drawn for its ``batch_share`` of a global batch (see models.shared_rand).
     """
 
     def __init__(self, layout="coco", in_channels=2, embed_dim=64, num_layers=3, num_frames=64, num_strl_layers=3,
@@ -81,6 +83,7 @@ class TrunkMAE(nn.Module):
                          joint_embedding, ops)
         self.layout, self.in_channels = self.strl.layout, in_channels
         self.mask_ratio, self.chunk, self.target = mask_ratio, chunk, target
+        self.batch_share = (0, 1)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = TrunkDecoder(embed_dim, in_channels * (2 if target == "both" else 1), ops)
@@ -90,7 +93,7 @@ class TrunkMAE(nn.Module):
         tubes, drawn uniformly, each spread over its chunk of frames."""
         tubes = (t // self.chunk) * v
         masked = min(tubes, max(1, round(self.mask_ratio * tubes)))
-        rank = torch.rand(n, m, tubes, device=device).argsort(-1).argsort(-1)
+        rank = shared_rand(self.batch_share, n, m, tubes, device=device).argsort(-1).argsort(-1)
         chosen = (rank < masked).reshape(n, m, t // self.chunk, 1, v)
         return chosen.expand(n, m, t // self.chunk, self.chunk, v).reshape(n, m, t, v)
 

@@ -121,7 +121,8 @@ def start(command, config):
     torch.set_num_threads(train["threads"])
     data["workers"] = resolve_workers(data["workers"], device)
     optim["lr"] = resolve_lr(optim, train["batch_size"])
-    seed = train["seed"] + distributed.rank()  # the model's random draws (masks) differ between processes
+    # one seed in every process: the models draw for the global batch and take their share (batch_share)
+    seed = train["seed"]
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -166,6 +167,9 @@ class _Trainer:
                 self.model = sync_batch_norm.convert(self.model, self.device)
             self.parallel = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            for module in self.model.modules():  # K processes draw the masks one process would
+                if hasattr(module, "batch_share"):
+                    module.batch_share = (distributed.rank(), distributed.world_size())
         data = self.config["data"]
         data["repeat"] = inputs.resolve_repeat(data["repeat"], len(plan.train_set))
         self.loader = inputs.loader(plan.train_set, self.train["batch_size"], data["workers"], self.device, train=True,
