@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT_S = 5 * 60  # the whole check, on an H100: a third of the GPU time a session is lent
+LIMIT_S = 5 * 60  # the whole check, on an H100
 # A stage gets SIGINT this long before its budget ends (a third of a short one), SIGKILL at the
 # end: time for pytest to write its summary and the benchmarks that finished.
 GRACE_S = 5
