@@ -214,3 +214,16 @@ def test_compile_option_names_the_modes():
     with pytest.raises(ConfigError, match=r"train.compile: must be true, false or one of \['default', "
                                           r"'reduce-overhead', 'max-autotune'\], got 'fast'"):
         config.build("pretrain", required, {"train": {"compile": "fast"}})
+
+
+def test_encoder_lr_scale_slows_every_trunk_weight_a_trunk_pretraining_loaded(trunk):
+    folder, data = trunk
+    pretrained = load(folder / "trunk" / "latest.pth")["model"]
+    state = finetune(folder, data, "trunk-slow", pretrained="trunk", optim={"encoder_lr_scale": 1e-6}) and load(
+        folder / "trunk-slow" / "latest.pth")
+    groups = state["optimizer"]["param_groups"]
+    trunk_parameters = [k for k in state["model"] if k.startswith("strl.") and "running" not in k
+                        and "num_batches" not in k]
+    assert len(groups) == 2 and len(groups[0]["params"]) == len(trunk_parameters)
+    for key in ("strl.layers.0.temporal.branches.0.0.weight", "strl.position"):
+        assert float((state["model"][key] - pretrained[key]).abs().max()) < 1e-6

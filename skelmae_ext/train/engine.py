@@ -65,6 +65,7 @@ class Plan:
     loss: Callable  # (forward, x, y) -> (0-d loss, number of right answers or None)
     validate: Callable = None  # model -> {"top1", "top5", "mean_class_accuracy"}
     weights: str = None  # the file the model's weights started from (--pretrained), if any
+    loaded: list = field(default_factory=list)  # the state_dict names --pretrained loaded
     notes: list = field(default_factory=list)  # lines the log opens with (what --pretrained loaded)
 
 
@@ -191,15 +192,17 @@ class _Trainer:
 
     def _parameter_groups(self):
         """The trainable parameters: one group, or when fine-tuning from pre-trained weights with
-        optim.encoder_lr_scale != 1, the model's encoder_modules() at lr * scale, then the rest at
-        lr (the one logged). The schedule scales both. From scratch nothing is pre-trained."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        scale = self.optim["encoder_lr_scale"] if self.plan.weights else 1.0  # weights: fine-tuning alone
+        optim.encoder_lr_scale != 1, the parameters --pretrained loaded (a per-frame encoder's:
+        the embedding and every layer's encoder copy; a trunk's: every trunk weight) at
+        lr * scale, then the rest at lr (the one logged). The schedule scales both. From scratch
+        nothing is pre-trained."""
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        loaded = set(self.plan.loaded)
+        scale = self.optim["encoder_lr_scale"] if loaded else 1.0
         if scale == 1.0:
-            return trainable
-        encoder = {id(p) for module in self.model.encoder_modules() for p in module.parameters()}
-        groups = [{"params": [p for p in trainable if id(p) in encoder], "lr": self.optim["lr"] * scale},
-                  {"params": [p for p in trainable if id(p) not in encoder]}]
+            return [p for _, p in named]
+        groups = [{"params": [p for name, p in named if name in loaded], "lr": self.optim["lr"] * scale},
+                  {"params": [p for name, p in named if name not in loaded]}]
         return [group for group in groups if group["params"]]  # a frozen encoder leaves its group empty
 
     # --- the run ---------------------------------------------------------------------------------

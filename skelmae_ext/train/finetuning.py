@@ -46,7 +46,7 @@ def plan(config):
     args = dict(config["model"], num_classes=train_set.num_classes, in_channels=train_set.in_channels,
                 num_frames=data_config["clip_len"], num_persons=num_person)
     model = construct("SSLClassifier", layout, args)
-    notes = []
+    loaded, notes = [], []
     if pretrained is not None:
         loaded, random = model.load_pretrained(pretrained[1])
         notes.append(f"from {pretrained[0]}: {len(loaded)} weights loaded ({_summary(loaded)}); {len(random)} start "
@@ -70,7 +70,7 @@ def plan(config):
         return result
 
     return engine.Plan("finetune", config, device, model, record, train_set, loss, validate,
-                       weights=pretrained and pretrained[0], notes=notes)
+                       weights=pretrained and pretrained[0], loaded=loaded, notes=notes)
 
 
 def finetune(config, callbacks=()):
