@@ -163,6 +163,8 @@ def _demo_arguments(sub):
     sub.add_argument("--threads", type=_auto_int, default="auto", metavar="N",
                      help="torch's CPU threads (1 on a machine busy with other work) [default auto]")
     sub.add_argument("--seed", type=int, default=0, metavar="N", help="[default 0]")
+    sub.add_argument("--force", action="store_true", help="run in a --work-dir that holds other files (the demo's "
+                                                          "overwrite theirs of the same name)")
 
 
 OWN_ARGUMENTS = {"describe": lambda sub: (sub.add_argument("source", metavar="SRC"),
@@ -218,7 +220,7 @@ def run(args):
     if args.command == "plot":
         return plot.plot(args.work_dir, args.kind, args.out, args.data, args.split, args.sample, args.frames)
     if args.command == "demo":
-        demo.demo(args.work_dir, quick=args.quick, threads=args.threads, seed=args.seed)
+        demo.demo(args.work_dir, quick=args.quick, threads=args.threads, seed=args.seed, force=args.force)
         return None
     config = build(args.command, *_updates(args.command, args))
     if args.command in RUNS:

@@ -21,10 +21,11 @@ import time
 
 from . import plot
 from .data import BUNDLED, load_annotations, save_annotations
-from .train import evaluate, extract, finetune, pretrain
+from .train import ConfigError, evaluate, extract, finetune, pretrain
 from .train.workdir import LATEST
 
 WORK_DIR = "skelmae-demo"
+MARK = ".skelmae-demo"  # marks a directory the demo made: a later demo may start its runs over there
 TRAIN_SPLIT, VAL_SPLIT = "xstyle_train", "xstyle_val"
 FEATURES = f"features_{VAL_SPLIT}.npz"  # the pre-trained encoder's, in its work directory
 RECONSTRUCTED_CLASS = "wave-right-hand"  # the figure's sequence: its right arm, a masked part, moves
@@ -81,14 +82,15 @@ def _reconstructed_sample(data):
     return next((name for name in data["split"][VAL_SPLIT] if label[name] == wanted), 0)
 
 
-def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, echo=print):
+def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, echo=print, force=False):
     """Runs the demo (see the module docstring) in ``work_dir`` with ``budget`` (default
     BUDGETS["quick" if quick else "default"]); ``echo`` prints its report. Returns the two test
-    results, the figures' paths and the wall time in seconds."""
+    results, the figures' paths and the wall time in seconds. ``work_dir`` must be new, empty or
+    an earlier demo's (whose runs start over), unless ``force``."""
     began = time.perf_counter()
     plot.require()  # before minutes of training, not after
     budget = budget or BUDGETS["quick" if quick else "default"]
-    os.makedirs(work_dir, exist_ok=True)
+    claim_work_dir(work_dir, force)
     source = BUNDLED if budget.per_class is None else _subset(BUNDLED, budget.per_class,
                                                               os.path.join(work_dir, "data.pkl"))
     data = load_annotations(source)
@@ -130,6 +132,19 @@ def demo(work_dir=WORK_DIR, quick=False, budget=None, threads="auto", seed=0, ec
     _report(echo, pretrained, tests, budget, counts, figures_dir, figures, seconds, quick)
     return {"pretrain": pretrained, "pretrained": tests["finetune_pretrained"], "scratch": tests["finetune_scratch"],
             "figures": figures, "seconds": seconds}
+
+
+def claim_work_dir(work_dir, force):
+    """Makes ``work_dir`` the demo's (marked by MARK), refusing a directory that holds other files."""
+    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
+        raise ConfigError("--work-dir", f"{work_dir} is a file; expected a directory for the demo's runs")
+    mark = os.path.join(work_dir, MARK)
+    if os.path.isdir(work_dir) and os.listdir(work_dir) and not os.path.isfile(mark) and not force:
+        raise ConfigError("--work-dir", f"{work_dir} holds files of something other than the demo, which would "
+                                        "overwrite them: choose a new or empty directory, or pass --force")
+    os.makedirs(work_dir, exist_ok=True)
+    with open(mark, "w", encoding="utf-8") as handle:
+        handle.write("skelmae demo work directory: the next demo here starts its runs over\n")
 
 
 def draw(runs, figures_dir, budget, sample):

@@ -141,6 +141,19 @@ def test_diverged_training_stops_at_the_first_non_finite_loss(capsys, runs):
     assert not (work_dir / "latest.pth").exists()
 
 
+def test_step_saves_never_write_a_diverged_state(capsys, runs):
+    work_dir = runs["folder"] / "diverged_steps"
+    argv = ["finetune", "--data", runs["data"], "--train-split", "train", "--val-split", "val", "--layout",
+            runs["layout"], "--work-dir", work_dir, *TINY, "--lr", "1e30", "--save-every-steps", 1, "--epochs", 2]
+    assert cli.main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    latest = work_dir / "latest.pth"
+    assert error.startswith("skelmae finetune: error: the weights hold NaN / inf values at epoch 1, step 2: the run "
+                            "diverged") and error.endswith(f"{latest} keeps the finite state of step 1"), error
+    state = torch.load(latest, weights_only=False)
+    assert state["step"] == 1 and all(torch.isfinite(value).all() for value in state["model"].values())
+
+
 def test_exit_status_and_debug_traceback(runs):
     args = ["test", "--data", runs["data"], "--split", "val", "--checkpoint", runs["folder"] / "nope.pth"]
     result = skelmae(*args, check=False)

@@ -178,6 +178,7 @@ class _Trainer:
         self.amp_dtype = getattr(torch, self.train["amp_dtype"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train["amp"] and self.amp_dtype == torch.float16)
         self.epoch = self.batch = self.step = 0
+        self.saved_step = None  # the step of this run's last latest.pth (what a divergence leaves there)
         self.best = None
         self.epoch_totals = Totals()
         self.log = RunLog(self.work_dir)
@@ -308,10 +309,14 @@ class _Trainer:
     def _check_finite(self, loss):
         # every rank sees the same reduced loss, so all raise together
         if not math.isfinite(loss):
-            latest = os.path.join(self.work_dir, LATEST)
-            kept = f"{latest} keeps the last epoch's state" if os.path.exists(latest) else "nothing was saved"
-            raise Diverged(f"the training loss is {loss} at epoch {self.epoch + (self.batch > 0)}, step {self.step}: "
-                           f"the run diverged (try a lower --lr, or --set optim.clip_grad_norm=1); {kept}")
+            self._diverged(f"the training loss is {loss}")
+
+    def _diverged(self, what):
+        latest = os.path.join(self.work_dir, LATEST)
+        kept = (f"{latest} keeps the finite state of step {self.saved_step}" if self.saved_step is not None
+                else "nothing was saved")
+        raise Diverged(f"{what} at epoch {self.epoch + (self.batch > 0)}, step {self.step}: the run diverged (try a "
+                       f"lower --lr, or --set optim.clip_grad_norm=1); {kept}")
 
     def _log_step(self, interval, bar):
         fields = dict(interval.fields(), lr=self.scheduler.get_last_lr()[-1], peak_memory_mb=peak_memory_mb(self.device))
@@ -336,10 +341,17 @@ class _Trainer:
             config=self.config, versions=versions())
 
     def _save(self, name):
-        """Writes checkpoint ``name`` (every process calls it: it gathers their states)."""
+        """Writes checkpoint ``name`` (every process calls it: it gathers their states), never of
+        non-finite weights: a divergence keeps the last finite state."""
+        finite = torch.stack([torch.isfinite(value).all() for value in self.model.state_dict().values()
+                              if value.is_floating_point()]).all()
+        if distributed.any_rank(not bool(finite)):
+            self._diverged("the weights hold NaN / inf values")
         ranks = distributed.all_gather({"totals": self.epoch_totals.state(), "rng": checkpoint.rng_state()})
         if distributed.is_main():
             checkpoint.save(os.path.join(self.work_dir, name), self._payload(ranks))
+        if name == LATEST:
+            self.saved_step = self.step
 
     def _find_resume(self):
         """(path, checkpoint) to resume from, or None."""
@@ -367,6 +379,8 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step, self.best = state["epoch"], state["batch"], state["step"], state["best"]
+        if path == os.path.join(self.work_dir, LATEST):
+            self.saved_step = self.step
         rank, saved = distributed.rank(), checkpoint.per_rank(state)
         if rank < len(saved):  # a process more than the run that wrote it had starts this epoch's sums at 0
             totals, rng = saved[rank]
