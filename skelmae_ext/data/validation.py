@@ -148,7 +148,7 @@ def sample_problems(annotation, layout, num_classes=None):
         m, t, v, _ = np.argwhere(~finite)[0]
         problems.append(f"keypoint holds {int((~finite).sum())} NaN / inf values (first at person {m}, frame {t}, "
                         f"joint {v}): set missing joints to 0 (as undetected) or drop the sample")
-    elif np.finfo(keypoint.dtype).max > MAX_COORDINATE:  # float16 cannot hold such values
+    elif float(np.finfo(keypoint.dtype).max) > MAX_COORDINATE:  # float16 cannot hold such values
         huge = np.abs(keypoint) > MAX_COORDINATE
         if huge.any():
             m, t, v, c = np.argwhere(huge)[0]

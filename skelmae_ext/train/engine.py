@@ -369,6 +369,8 @@ class _Trainer:
         path, state = found
         checkpoint.require_kind(state, self.plan.kind, path, "resume a run with the command that started it, or "
                                 "pass --no-resume to start over")
+        configured = [{key: value for key, value in group.items() if key != "params"}
+                      for group in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -377,6 +379,7 @@ class _Trainer:
                 f"{path} was written by a run of another model or optimiser ({' '.join(str(error).split())[:300]}): "
                 "resume with the configuration that wrote it, or pass --no-resume or another --work-dir") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self._configure_optimizer(configured)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step, self.best = state["epoch"], state["batch"], state["step"], state["best"]
         if path == os.path.join(self.work_dir, LATEST):
@@ -393,8 +396,20 @@ class _Trainer:
         changed = _differences(state["config"], self.config)
         if changed:
             self.log.text(f"the configuration differs from {path}'s in {', '.join(changed)}: the run goes on with "
-                          "this one")
+                          "this one (the optimiser keeps its state, such as momenta, and takes this configuration's "
+                          "learning rate, schedule and arguments)")
         return path
+
+    def _configure_optimizer(self, configured):
+        """This configuration's optimiser arguments (``configured``: the fresh optimiser's
+        groups) on the restored optimiser, at the resumed step's point of the schedule (a
+        checkpoint's own values, for an unchanged configuration)."""
+        for group, values in zip(self.optimizer.param_groups, configured):
+            group.update(values)
+        scheduler = self.scheduler
+        scheduler.base_lrs = [values["initial_lr"] for values in configured]
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
 
     def _write_records(self, resumed_from):
         if not distributed.is_main():
