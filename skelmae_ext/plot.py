@@ -259,7 +259,7 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
     dataset = inputs.dataset(annotations, data_config, split, layout, data_config["num_person"], mode="test")
     index = _sample_index(dataset, sample, source)
     clip = dataset[index][0]  # [1 clip, M, T, V, C]
-    model = checkpoints.rebuild(state).eval()
+    model = checkpoints.rebuild(state, path).eval()
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)  # random masking strategies draw the same mask every time
         output = model(clip)

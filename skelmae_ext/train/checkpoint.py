@@ -116,8 +116,18 @@ def construct(model_class, layout, args):
         raise ConfigError("model", f"{model_class}({', '.join(f'{k}={v!r}' for k, v in args.items())}): {error}") from None
 
 
-def rebuild(checkpoint):
-    """The checkpoint's model, with its weights."""
+def non_finite(weights):
+    """The names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [name for name, value in weights.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def rebuild(checkpoint, path):
+    """The checkpoint's model, with its weights (refused when they are not finite: a diverged
+    run's, whose every output would be NaN)."""
+    broken = non_finite(checkpoint["model"])
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensors hold NaN / inf (first: {broken[0]}): a diverged "
+                              "run's; use a checkpoint of before the divergence")
     model = construct(checkpoint["model_class"], checkpoint["layout"], checkpoint["model_args"])
     model.load_state_dict(checkpoint["model"])
     return model

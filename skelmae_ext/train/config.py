@@ -11,6 +11,7 @@ checkpoints, logs). The evaluation commands take flat dicts of their functions' 
 
 import copy
 import difflib
+import math
 import numbers
 import os
 
@@ -113,8 +114,8 @@ def _integer(low):
 def _real(low=0.0, high=None, closed=False):
     """A number above ``low`` (or equal to it when ``closed``), at most ``high``."""
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
         if not (value >= low if closed else value > low) or (high is not None and value > high):
             bound = ("[" if closed else "(") + f"{low:g}, {high:g}]" if high is not None else \
                 (">= " if closed else "> ") + f"{low:g}"

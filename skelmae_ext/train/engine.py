@@ -343,9 +343,7 @@ class _Trainer:
     def _save(self, name):
         """Writes checkpoint ``name`` (every process calls it: it gathers their states), never of
         non-finite weights: a divergence keeps the last finite state."""
-        finite = torch.stack([torch.isfinite(value).all() for value in self.model.state_dict().values()
-                              if value.is_floating_point()]).all()
-        if distributed.any_rank(not bool(finite)):
+        if distributed.any_rank(bool(checkpoint.non_finite(self.model.state_dict()))):
             self._diverged("the weights hold NaN / inf values")
         ranks = distributed.all_gather({"totals": self.epoch_totals.state(), "rng": checkpoint.rng_state()})
         if distributed.is_main():
