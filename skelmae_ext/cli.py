@@ -23,7 +23,7 @@ from . import demo, plot
 from .data import DataError, describe, format_description
 from .train import (CheckpointError, ConfigError, Diverged, distributed, ensemble, evaluate, extract, finetune, info,
                     knn, pretrain)
-from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, to_yaml
+from .train.config import DEFAULTS, FEATS, build, load_yaml, nest, parse_yaml, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
 
@@ -205,7 +205,11 @@ def _updates(command, args):
         key, equals, value = assignment.partition("=")
         if not equals or not key:
             raise ConfigError("--set", f"expected KEY=VALUE, got {assignment!r}")
-        updates.append(nest({key: yaml.safe_load(value)}))
+        try:
+            updates.append(nest({key: parse_yaml(value)}))
+        except yaml.YAMLError as error:
+            raise ConfigError("--set", f"{assignment!r}: the value is not plain YAML ({' '.join(str(error).split())})"
+                              ) from None
     given = {key: value for key, value in vars(args).items() if "." in key or key in DEFAULTS[command]}
     updates.append(nest(given))
     return updates
@@ -239,6 +243,21 @@ def _flag(command, key):
     return next((flags for flags, option_key, _ in OPTIONS.get(command, []) if option_key == key), None)
 
 
+# What a path was expected to be, by the error the system gave for it
+_OS_EXPECTED = {IsADirectoryError: "expected a file, found a directory",
+                NotADirectoryError: "expected a directory, found a file (or a file on the path)",
+                FileExistsError: "expected a directory (or no file), found a file",
+                FileNotFoundError: "no such file or directory (a folder on the path is missing?)",
+                PermissionError: "permission denied: choose a path this user may read and write"}
+
+
+def _os_message(error):
+    """One line of a file system error: the path, what was expected and what the system said."""
+    path = f"{error.filename}: " if error.filename is not None else ""
+    expected = next((text for kind, text in _OS_EXPECTED.items() if isinstance(error, kind)), None)
+    return f"{path}{expected or error.strerror or error} ({type(error).__name__}, errno {error.errno})"
+
+
 def main(argv=None):
     # under torchrun, torch's @record hands an unexpected error's traceback to torchrun's summary
     return (record(_main) if distributed.launched() else _main)(argv)
@@ -252,12 +271,16 @@ def _main(argv):
     except KeyboardInterrupt as interrupt:
         print(f"{who}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, CheckpointError, Diverged, plot.PlotError) as error:
+    except (ConfigError, DataError, CheckpointError, Diverged, plot.PlotError, OSError, MemoryError) as error:
         if args.debug:
             traceback.print_exc()
         message = str(error)
         if isinstance(error, ConfigError) and _flag(args.command, error.key):
             message = f"{_flag(args.command, error.key)} ({error.key}): {error.message}"
+        elif isinstance(error, OSError):
+            message = _os_message(error)
+        elif isinstance(error, MemoryError):
+            message = "out of memory: lower --batch-size or --workers, or use a machine with more memory"
         print(f"{who}: error: {message}", file=sys.stderr)
         return 2
     distributed.stop()

@@ -58,6 +58,7 @@ def save(path, payload):
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=_PARTIAL)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600: the mode of any file this user writes
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
             stream.flush()
@@ -74,6 +75,12 @@ def save(path, payload):
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _umask():
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def remove_partial(folder):
@@ -121,7 +128,7 @@ def non_finite(weights):
     return [name for name, value in weights.items() if value.is_floating_point() and not torch.isfinite(value).all()]
 
 
-def rebuild(checkpoint, path):
+def rebuild(checkpoint, path="the checkpoint"):
     """The checkpoint's model, with its weights (refused when they are not finite: a diverged
     run's, whose every output would be NaN)."""
     broken = non_finite(checkpoint["model"])

@@ -25,7 +25,7 @@ import torch
 from ..data import DataError, read_pickle
 from . import checkpoint as checkpoints
 from . import distributed, inputs, metrics
-from .config import DIST_TIMEOUT, build, resolve_device, resolve_workers
+from .config import DIST_TIMEOUT, ConfigError, build, resolve_device, resolve_workers
 from .workdir import TEST_RECORD, append_json_line, find_checkpoint, scores_file
 
 
@@ -95,9 +95,10 @@ def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, dev
         raise DataError(f"{options['data']}: its classes differ from those {path} was fine-tuned on (label {first}: "
                         f"{_name(named, first)} in the data, {_name(trained, first)} in the checkpoint): its labels "
                         "would be scored as other classes; test on the dataset it was fine-tuned on")
+    out = options["out"] or os.path.join(os.path.dirname(path), scores_file(options["split"]))
+    _require_writable(out)
     scores, labels = predict(lambda x: model(x).softmax(1), loader, device, options["num_clips"])
     result = metrics.accuracy(scores, labels)
-    out = options["out"] or os.path.join(os.path.dirname(path), scores_file(options["split"]))
     record = dict(result, scores=os.path.abspath(out))
     if not distributed.is_main():
         return record
@@ -111,6 +112,15 @@ def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, dev
                           data=os.path.abspath(options["data"]), split=options["split"],
                           num_clips=options["num_clips"]))
     return record
+
+
+def _require_writable(out):
+    """Refuses an output path that cannot be a file, before the model runs over the data."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ConfigError("out", f"{out} is a directory; expected the path of a file to write")
+    if not os.path.isdir(folder):
+        raise ConfigError("out", f"{out}: the folder {folder} does not exist; create it or write elsewhere")
 
 
 def _name(names, label):
@@ -139,11 +149,14 @@ def extract(data, split, checkpoint, out, num_clips=1, batch_size=16, device="au
     options = build("extract", dict(data=data, split=split, checkpoint=checkpoint, out=out, num_clips=num_clips,
                                     batch_size=batch_size, device=device, workers=workers, dist_timeout=dist_timeout))
     path, state, model, dataset, loader, device = _open(options, ("pretrain", "finetune"), "")
+    _require_writable(options["out"])
     features, labels = predict(pooled_features(state, model), loader, device, options["num_clips"])
     if distributed.is_main():
-        np.savez(options["out"], features=features.numpy(), label=labels.numpy(),
-                 frame_dir=np.array(dataset.frame_dirs), class_names=np.array(state["class_names"] or [], dtype=str),
-                 kind=state["kind"], checkpoint=os.path.abspath(path), split=options["split"])
+        with open(options["out"], "wb") as handle:  # np.savez would add .npz to a path without it
+            np.savez(handle, features=features.numpy(), label=labels.numpy(),
+                     frame_dir=np.array(dataset.frame_dirs),
+                     class_names=np.array(state["class_names"] or [], dtype=str), kind=state["kind"],
+                     checkpoint=os.path.abspath(path), split=options["split"])
     return {"out": os.path.abspath(options["out"]), "num_samples": int(labels.numel()), "dim": int(features.shape[1]),
             "kind": state["kind"]}
 
