@@ -10,7 +10,9 @@ import yaml
 
 from skelmae_ext import cli, train
 
+from annotations import write_pickle
 from runs import STICK, TINY, skelmae, write_stick
+from skelmae_ext.data import read_pickle
 
 
 @pytest.fixture(autouse=True)
@@ -173,6 +175,20 @@ def test_paths_that_cannot_be_used(capsys, runs):
     denied = PermissionError(13, "Permission denied", "/data/ntu.pkl")
     assert cli._os_message(denied) == ("/data/ntu.pkl: permission denied: choose a path this user may read and write "
                                        "(PermissionError, errno 13)")
+
+
+def test_data_problems_through_the_command_line(capsys, runs, tmp_path):
+    data = read_pickle(runs["data"])
+    data["split"]["empty"] = []
+    del data["annotations"][0]["keypoint"]
+    path = write_pickle(tmp_path / "odd.pkl", data)
+    argv = pretrain_args(runs)
+    argv[argv.index("--data") + 1] = path
+    assert f"{path}: split 'empty' is empty: choose another split" in fails(capsys, *argv, "--split", "empty")
+    assert cli.main([str(a) for a in argv]) == 2  # the first sample, without keypoint, is named; the layout is the others'
+    assert capsys.readouterr().err.splitlines() == [
+        f"skelmae pretrain: error: {path} (split 'train'): 1 of 12 samples cannot be used:",
+        "  sample 'train_0': has no 'keypoint': add its array [M, T, V, C] or drop the sample"]
 
 
 def test_extract_writes_the_path_it_prints(runs, tmp_path):
