@@ -24,7 +24,7 @@ from . import demo, plot
 from .data import DataError, describe, format_description
 from .train import (CheckpointError, ConfigError, Diverged, distributed, ensemble, evaluate, extract, finetune, info,
                     knn, pretrain)
-from .train.config import COMPILE_MODES, DEFAULTS, FEATS, PRETRAIN_MODELS, build, load_yaml, nest, to_yaml
+from .train.config import COMPILE_MODES, DEFAULTS, FEATS, PRETRAIN_MODELS, build, load_yaml, nest, parse_yaml, to_yaml
 from .train.finetuning import plan as finetune_plan
 from .train.pretraining import plan as pretrain_plan
 
@@ -172,6 +172,8 @@ def _demo_arguments(sub):
     sub.add_argument("--threads", type=_auto_int, default="auto", metavar="N",
                      help="torch's CPU threads (1 on a machine busy with other work) [default auto]")
     sub.add_argument("--seed", type=int, default=0, metavar="N", help="[default 0]")
+    sub.add_argument("--force", action="store_true", help="run in a --work-dir that holds other files (the demo's "
+                                                          "overwrite theirs of the same name)")
 
 
 OWN_ARGUMENTS = {"describe": lambda sub: (sub.add_argument("source", metavar="SRC"),
@@ -212,7 +214,11 @@ def _updates(command, args):
         key, equals, value = assignment.partition("=")
         if not equals or not key:
             raise ConfigError("--set", f"expected KEY=VALUE, got {assignment!r}")
-        updates.append(nest({key: yaml.safe_load(value)}))
+        try:
+            updates.append(nest({key: parse_yaml(value)}))
+        except yaml.YAMLError as error:
+            raise ConfigError("--set", f"{assignment!r}: the value is not plain YAML ({' '.join(str(error).split())})"
+                              ) from None
     given = {key: value for key, value in vars(args).items() if "." in key or key in DEFAULTS[command]}
     updates.append(nest(given))
     return updates
@@ -227,7 +233,8 @@ def run(args):
     if args.command == "plot":
         return plot.plot(args.work_dir, args.kind, args.out, args.data, args.split, args.sample, args.frames)
     if args.command == "demo":
-        demo.demo(args.work_dir, quick=args.quick, config=args.config, threads=args.threads, seed=args.seed)
+        demo.demo(args.work_dir, quick=args.quick, config=args.config, threads=args.threads, seed=args.seed,
+                  force=args.force)
         return None
     config = build(args.command, *_updates(args.command, args))
     if args.command in RUNS:
@@ -246,6 +253,21 @@ def _flag(command, key):
     return next((flags for flags, option_key, _ in OPTIONS.get(command, []) if option_key == key), None)
 
 
+# What a path was expected to be, by the error the system gave for it
+_OS_EXPECTED = {IsADirectoryError: "expected a file, found a directory",
+                NotADirectoryError: "expected a directory, found a file (or a file on the path)",
+                FileExistsError: "expected a directory (or no file), found a file",
+                FileNotFoundError: "no such file or directory (a folder on the path is missing?)",
+                PermissionError: "permission denied: choose a path this user may read and write"}
+
+
+def _os_message(error):
+    """One line of a file system error: the path, what was expected and what the system said."""
+    path = f"{error.filename}: " if error.filename is not None else ""
+    expected = next((text for kind, text in _OS_EXPECTED.items() if isinstance(error, kind)), None)
+    return f"{path}{expected or error.strerror or error} ({type(error).__name__}, errno {error.errno})"
+
+
 def main(argv=None):
     # under torchrun, torch's @record hands an unexpected error's traceback to torchrun's summary
     return (record(_main) if distributed.launched() else _main)(argv)
@@ -259,12 +281,16 @@ def _main(argv):
     except KeyboardInterrupt as interrupt:
         print(f"{who}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, CheckpointError, Diverged, plot.PlotError) as error:
+    except (ConfigError, DataError, CheckpointError, Diverged, plot.PlotError, OSError, MemoryError) as error:
         if args.debug:
             traceback.print_exc()
         message = str(error)
         if isinstance(error, ConfigError) and _flag(args.command, error.key):
             message = f"{_flag(args.command, error.key)} ({error.key}): {error.message}"
+        elif isinstance(error, OSError):
+            message = _os_message(error)
+        elif isinstance(error, MemoryError):
+            message = "out of memory: lower --batch-size or --workers, or use a machine with more memory"
         print(f"{who}: error: {message}", file=sys.stderr)
         return 2
     distributed.stop()

@@ -28,6 +28,7 @@ from .train.config import DEFAULTS, build, load_yaml
 from .train.workdir import LATEST
 
 WORK_DIR = "skelmae-demo"
+MARK = ".skelmae-demo"  # marks a directory the demo made: a later demo may start its runs over there
 TRAIN_SPLIT, VAL_SPLIT = "xstyle_train", "xstyle_val"
 FEATURES = f"features_{VAL_SPLIT}.npz"  # the pre-trained encoder's, in its work directory
 RECONSTRUCTED_CLASS = "wave-right-hand"  # the figure's sequence: its right arm, a masked part, moves
@@ -82,14 +83,15 @@ def _reconstructed_sample(data):
     return next((name for name in data["split"][VAL_SPLIT] if label[name] == wanted), 0)
 
 
-def demo(work_dir=WORK_DIR, quick=False, config=None, threads="auto", seed=0, echo=print):
+def demo(work_dir=WORK_DIR, quick=False, config=None, threads="auto", seed=0, echo=print, force=False):
     """Runs the demo (see the module docstring) in ``work_dir`` with the demo configuration
     ``config`` (see load_config); ``echo`` prints its report. Returns the two test results, the
-    figures' paths and the wall time in seconds."""
+    figures' paths and the wall time in seconds. ``work_dir`` must be new, empty or an earlier
+    demo's (whose runs start over), unless ``force``."""
     began = time.perf_counter()
     plot.require()  # before minutes of training, not after
     recipe = load_config(config, quick)
-    os.makedirs(work_dir, exist_ok=True)
+    claim_work_dir(work_dir, force)
     source = BUNDLED if recipe["per_class"] is None else _subset(BUNDLED, recipe["per_class"],
                                                                  os.path.join(work_dir, "data.pkl"))
     data = load_annotations(source)
@@ -135,6 +137,19 @@ def demo(work_dir=WORK_DIR, quick=False, config=None, threads="auto", seed=0, ec
     _report(echo, pretrained, tests, budget, counts, figures_dir, figures, seconds, quick)
     return {"pretrain": pretrained, "pretrained": tests["finetune_pretrained"], "scratch": tests["finetune_scratch"],
             "figures": figures, "seconds": seconds}
+
+
+def claim_work_dir(work_dir, force):
+    """Makes ``work_dir`` the demo's (marked by MARK), refusing a directory that holds other files."""
+    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
+        raise ConfigError("--work-dir", f"{work_dir} is a file; expected a directory for the demo's runs")
+    mark = os.path.join(work_dir, MARK)
+    if os.path.isdir(work_dir) and os.listdir(work_dir) and not os.path.isfile(mark) and not force:
+        raise ConfigError("--work-dir", f"{work_dir} holds files of something other than the demo, which would "
+                                        "overwrite them: choose a new or empty directory, or pass --force")
+    os.makedirs(work_dir, exist_ok=True)
+    with open(mark, "w", encoding="utf-8") as handle:
+        handle.write("skelmae demo work directory: the next demo here starts its runs over\n")
 
 
 def draw(runs, figures_dir, budget, sample):

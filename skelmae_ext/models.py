@@ -6,6 +6,8 @@ arguments plus ``backend``, the same state_dict keys and the same outputs, faste
 state_dict loads unchanged.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -157,8 +159,18 @@ class SSLClassifier(skelmae_reference.SSLClassifier):
 
     def load_pretrained(self, source):
         """As the reference's; ``source`` may also name an encoder shipped with the package
-        ("coco17": skelmae_ext.pretrained)."""
-        return super().load_pretrained(pretrained.resolve(source))
+        ("coco17": skelmae_ext.pretrained). An encoder pre-trained on another layout (a model's, or
+        a checkpoint's that records it) is refused: its weights would load, and mean other joints."""
+        source = pretrained.resolve(source)
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            source = torch.load(source, map_location="cpu", weights_only=True)
+        layout = source.get("layout") if isinstance(source, dict) else getattr(source, "layout", None)
+        layout = None if layout is None else skelmae_reference.get_layout(layout)
+        if layout is not None and layout.to_dict() != self.layout.to_dict():
+            raise ValueError(f"from_pretrained: the encoder was pre-trained on layout {layout.name!r} "
+                             f"({layout.num_joints} joints), this classifier is built for {self.layout.name!r} "
+                             f"({self.layout.num_joints} joints): build it with the pre-training's layout")
+        return super().load_pretrained(source)
 
 
 class TrunkMAE(skelmae_reference.TrunkMAE):

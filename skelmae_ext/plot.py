@@ -16,6 +16,7 @@ matplotlib (and scikit-learn for t-SNE) are optional dependencies: ``pip install
 import glob
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -82,21 +83,33 @@ def read_epochs(work_dir):
     if not os.path.isfile(path):
         raise MissingInput(f"{work_dir}: no {JSON_LOG}: pass the work directory of a skelmae pretrain or finetune run")
     epochs = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PlotError(f"{path}, line {number}: not a JSON record ({error})") from None
-            if record.get("event") == "start" and not record.get("resumed_from"):
-                epochs = {}
-            elif record.get("event") == "epoch":
-                epochs[record["epoch"]] = record  # a resume from an earlier checkpoint redoes epochs
+    for record in _json_lines(path):
+        if record.get("event") == "start" and not record.get("resumed_from"):
+            epochs = {}
+        elif record.get("event") == "epoch":
+            epochs[record["epoch"]] = record  # a resume from an earlier checkpoint redoes epochs
     if not epochs:
         raise MissingInput(f"{path} holds no finished epoch yet: plot the run after its first epoch")
     return [epochs[epoch] for epoch in sorted(epochs)]
+
+
+def _json_lines(path):
+    """The JSON records of a .jsonl file; a damaged line (a run killed while writing it) is
+    skipped with a warning."""
+    records, damaged = [], []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                record = None
+                damaged.append(number)
+            if isinstance(record, dict):
+                records.append(record)
+    if damaged:
+        warnings.warn(f"{path}: skipped {len(damaged)} damaged lines (first: line {damaged[0]}), as a run killed while "
+                      "writing leaves them", stacklevel=3)
+    return records
 
 
 def curves(work_dirs, out=None, labels=None, title=None):
@@ -145,11 +158,10 @@ def last_test(work_dir):
     path = os.path.join(work_dir, TEST_RECORD)
     if not os.path.isfile(path):
         raise MissingInput(f"{work_dir}: no {TEST_RECORD}: run skelmae test --checkpoint {work_dir} first")
-    with open(path, encoding="utf-8") as handle:
-        lines = [line for line in handle if line.strip()]
-    if not lines:
-        raise MissingInput(f"{path} is empty: run skelmae test --checkpoint {work_dir} first")
-    scores = json.loads(lines[-1])["scores"]
+    records = [record for record in _json_lines(path) if isinstance(record.get("scores"), str)]
+    if not records:
+        raise MissingInput(f"{path} holds no test: run skelmae test --checkpoint {work_dir} first")
+    scores = records[-1]["scores"]
     if not os.path.isfile(scores):
         raise MissingInput(f"{path}: the last test's scores {scores} are gone: run skelmae test again")
     dump = read_pickle(scores)
@@ -262,7 +274,7 @@ def reconstruction(work_dir, out=None, data=None, split=None, sample=0, frames=4
     dataset = inputs.dataset(annotations, data_config, split, layout, data_config["num_person"], mode="test")
     index = _sample_index(dataset, sample, source)
     clip = dataset[index][0]  # [1 clip, M, T, V, C]
-    model = checkpoints.rebuild(state).eval()
+    model = checkpoints.rebuild(state, path).eval()
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)  # random masking strategies draw the same mask every time
         output = model(clip)

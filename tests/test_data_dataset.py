@@ -9,6 +9,7 @@ import torch
 from skelmae_ext.data import (
     BUNDLED,
     EpochSampler,
+    PackedAnnotations,
     SkeletonDataset,
     describe,
     format_description,
@@ -224,3 +225,25 @@ def test_describe_counts(tmp_path):
     named = dataset(labels=(0, 1, 1))
     named["classes"] = ["sit", "stand"]
     assert "stand: 2" in format_description(describe(named))
+
+
+def test_packed_annotations_give_back_each_annotation():
+    x, samples = ctrgcn_arrays(2, 30, lengths=[30, 12], persons_present=[2, 1])
+    annotations = [
+        {"frame_dir": "a", "label": 3, "keypoint": samples[0], "img_shape": (1080, 1920),  # a strided view
+         "keypoint_score": np.linspace(0, 1, 2 * 30 * 25, dtype=np.float16).reshape(2, 30, 25)},
+        {"frame_dir": "b", "label": 0, "keypoint": samples[1].astype(np.float64), "extra": np.array([None, 1])},
+    ]
+    packed = PackedAnnotations(annotations)
+    assert len(packed) == 2
+    for index, expected in enumerate(annotations):
+        got = packed[index]
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, np.ndarray):
+                assert got[key].dtype == value.dtype and got[key].shape == value.shape
+                assert np.array_equal(got[key], value) and not np.shares_memory(got[key], value), key
+            else:
+                assert got[key] == value, key
+    assert packed[0]["keypoint"].ctypes.data % PackedAnnotations.ALIGN == 0
+    assert packed[1]["keypoint"].ctypes.data % PackedAnnotations.ALIGN == 0

@@ -97,6 +97,48 @@ def test_malicious_compressed_pickle_is_refused(tmp_path):
     assert path.exists()
 
 
+class _Reduced:
+    """Pickles as ``reduce()`` says: a crafted object built from allowed globals only."""
+
+    def __init__(self, reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce()
+
+
+def crafted_array(shape, dtype_state):
+    """An ndarray pickle whose dtype's pickled state is ``dtype_state(state)``."""
+    def dtype():
+        new, args, state = np.dtype({"names": ["f"], "formats": ["<f2"], "offsets": [0], "itemsize": 2}).__reduce__()
+        return new, args, dtype_state(list(state))
+
+    def array():
+        new, args, state = np.zeros(shape, np.float16).__reduce__()
+        return new, args, (state[0], state[1], _Reduced(dtype), *state[3:])
+    return _Reduced(array)
+
+
+def field_past_the_item(state):
+    state[4] = {"f": (np.dtype("<f2"), 1 << 20)}  # a 2-byte item whose field lies 1 MiB on
+    return tuple(state)
+
+
+@pytest.mark.parametrize("value, dtype", [
+    (crafted_array((1, 20, 17), field_past_the_item), r"\{'names': \['f'\].*'offsets': \[1048576\]"),
+    (np.ones((1, 20, 17), dtype=[("a", "<f2")]), r"\[\('a', '<f2'\)\]"),
+    (np.array([1.0, "a"], dtype=object), r"object"),
+    (np.zeros((1, 20, 17), "datetime64[s]"), r"datetime64\[s\]"),
+])
+def test_arrays_of_other_dtypes_are_refused(tmp_path, value, dtype):
+    data = dataset()
+    data["annotations"][2]["keypoint_score"] = value
+    path = write_pickle(tmp_path / "odd.pkl", data)
+    with pytest.raises(UnsafePickleError, match=r"odd\.pkl: refused to load: the pickle\['annotations'\]\[2\]"
+                                                r"\['keypoint_score'\] is an array of dtype " + dtype):
+        load_annotations(path)
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("empty.pkl", b"", r"empty\.pkl: the file is empty"),
     ("notes.pkl", b'{"split": {}, "annotations": []}', r"notes\.pkl: not a file this library reads"),
@@ -132,6 +174,9 @@ def test_missing_file_and_directory_without_skeletons(tmp_path):
     ([{"label": 0}], r"annotation #0 is not a dict with a 'frame_dir'"),
     ({"split": ["a"], "annotations": []}, r"'split' must map split names to lists"),
     ({"split": {}, "annotations": [], "classes": [1, 2]}, r"'classes' must be a list of class names"),
+    ([annotation("a"), annotation(["b"])], r"annotation #1's frame_dir must be a str \(its sample id\), got list"),
+    ([annotation("a", 0), annotation("b", 1), annotation("a", 2)],
+     r"annotations #0 and #2 share the frame_dir 'a': each sample needs its own name"),
 ])
 def test_pickles_of_other_structure(tmp_path, obj, message):
     with pytest.raises(DataError, match=r"odd\.pkl: " + message):
@@ -177,11 +222,30 @@ def test_npz_errors(tmp_path):
         load_annotations(tmp_path / "width.npz")
     data = load_annotations(tmp_path / "width.npz", npz_persons=1, npz_channels=2)
     assert data["annotations"][0]["keypoint"].shape == (1, 0, 50, 2)  # all zeros: no frames (validation says so)
+    all_zero, multi_hot = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0]]), np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    for labels, row, count in [(all_zero, 1, 0), (multi_hot, 2, 2)]:
+        np.savez(tmp_path / "hot.npz", x_train=np.ones((3, 10, 150), np.float32), y_train=labels)
+        with pytest.raises(DataError, match=rf"hot\.npz: y_train row {row} \(sample train_{row}\) is not one-hot: it "
+                                            rf"has {count} non-zero entries; expected a single 1"):
+            load_annotations(tmp_path / "hot.npz")
+    np.savez(tmp_path / "fields.npz", x_train=np.zeros((2, 10, 150), [("a", "<f4")]), y_train=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"fields\.npz: x_train has dtype \[\('a', '<f4'\)\]; expected numbers"):
+        load_annotations(tmp_path / "fields.npz")
     whole = tmp_path / "width.npz"
     cut = tmp_path / "cut.npz"
     cut.write_bytes(whole.read_bytes()[:200])
     with pytest.raises(DataError, match=r"cut\.npz: truncated or corrupt"):
         load_annotations(cut)
+
+
+def test_npz_header_of_a_huge_shape(tmp_path):
+    path = tmp_path / "huge.npz"
+    np.savez(path, x_train=np.zeros((2, 10, 150), np.float32), y_train=np.array([0, 1]))
+    # a shape of 10**13 bytes in the header's padding: the same length, the zip entry stored as is
+    path.write_bytes(path.read_bytes().replace(b"(2, 10, 150), }      ", b"(20000000000, 150), }"))
+    with pytest.raises(DataError, match=r"huge\.npz: x_train declares shape \(20000000000, 150\) of float32 "
+                                        r"\(12000000000000 bytes\) but holds 12000 bytes: the file is damaged"):
+        load_annotations(path)
 
 
 def test_ntu_skeleton_file():

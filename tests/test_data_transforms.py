@@ -297,3 +297,13 @@ def test_default_pipelines():
     assert [t["type"] for t in default_pipeline(augment=False)] == [t["type"] for t in default_pipeline("test")]
     with pytest.raises(ValueError, match=r"mode must be 'train' or 'test', got 'val'"):
         default_pipeline("val")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(clip_len=0), r"UniformSample: clip_len must be an integer >= 1, got 0"),
+    (dict(clip_len=8.5), r"UniformSample: clip_len must be an integer >= 1, got 8\.5"),
+    (dict(clip_len=8, num_clips=0), r"UniformSample: num_clips must be an integer >= 1, got 0"),
+])
+def test_uniform_sample_of_no_frames_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UniformSample(**kwargs)

@@ -48,6 +48,15 @@ SAMPLE_CASES = {
     "total_frames mismatch": (set_key("total_frames", 25), r"total_frames is 25 but keypoint has 20 frames"),
     "total_frames zero": (set_key("total_frames", 0), r"total_frames is 0 but keypoint has 20 frames"),
     "zero img_shape": (set_key("img_shape", (0, 0)), r"img_shape must be \(height, width\) in pixels, both > 0"),
+    "bool img_shape": (set_key("img_shape", (True, True)), r"img_shape must be \(height, width\) in pixels, both > 0, "
+                                                            r"got \(True, True\)"),
+    "no keypoint": (drop_key("keypoint"), r"has no 'keypoint': add its array \[M, T, V, C\] or drop the sample"),
+    "string score": (set_key("keypoint_score", "1"), r"keypoint_score must be \[M, T, V\] = \(1, 20, 17\), got str"),
+    "score of strings": (set_key("keypoint_score", np.full((1, 20, 17), "1")),
+                         r"keypoint_score must hold confidences \(float\), got dtype <U1"),
+    "huge coordinate": (lambda a: a.update(keypoint=np.full((1, 20, 17, 2), 3e38, np.float32)),
+                        r"keypoint holds 680 coordinates beyond \+-1e\+06 \(first at person 0, frame 0, joint 0: 3e\+38\); "
+                        r"expected pixels or metres"),
 }
 
 
@@ -91,6 +100,15 @@ def test_split_problems(tmp_path):
     missing["split"]["val"].append("ghost")
     with pytest.raises(DataError, match=r"split 'val' lists 1 samples that have no annotation \(first: 'ghost'\)"):
         validate(missing)
+
+
+def test_the_odd_sample_is_blamed_not_the_others(tmp_path):
+    data = dataset()
+    data["annotations"][0].update(keypoint=np.zeros((1, 20, 18, 2), np.float16),
+                                  keypoint_score=np.zeros((1, 20, 18), np.float16))
+    with pytest.raises(DataError, match=r"1 of 6 samples cannot be used:\n  sample 'train_0': keypoint has 18 joints "
+                                        r"but layout 'coco' has 17"):
+        SkeletonDataset(write_pickle(tmp_path / "odd.pkl", data), "train")
 
 
 def test_legacy_list_with_bad_sample(tmp_path):

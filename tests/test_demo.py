@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from runs import load, records, skelmae
+from skelmae_ext import cli
 from skelmae_ext.data import load_annotations, read_pickle
-from skelmae_ext.demo import load_config
+from skelmae_ext.demo import MARK, claim_work_dir, load_config
 from test_plot import check_png
 
 FIGURES = {"curves_pretrain.png": "curves", "curves_finetune.png": "curves", "confusion_pretrained.png": "confusion",
@@ -92,3 +93,20 @@ def test_figures_of_the_demo(demo):
         check_png(figures / name, kind)
         assert f"  {name}" in out
     assert f"Figures in {figures}" in out
+
+
+def test_demo_keeps_other_files(tmp_path, capsys):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "data.pkl").write_bytes(b"a run's data")
+    assert cli.main(["demo", "--quick", "--work-dir", str(own)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"skelmae demo: error: --work-dir: {own} holds files of something other than the demo, which would overwrite "
+        "them: choose a new or empty directory, or pass --force")
+    assert (own / "data.pkl").read_bytes() == b"a run's data"
+    (tmp_path / "file").write_text("")
+    assert cli.main(["demo", "--quick", "--work-dir", str(tmp_path / "file")]) == 2
+    assert "is a file; expected a directory" in capsys.readouterr().err
+    claim_work_dir(own, force=True)  # --force takes the directory; from then on it is the demo's
+    claim_work_dir(own, force=False)
+    assert (own / MARK).is_file()

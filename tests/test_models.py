@@ -356,6 +356,18 @@ def test_from_pretrained_copies_exactly_the_pretrained_weights(tmp_path):
                 assert torch.equal(layer.encoder.state_dict()[key], value), key
 
 
+def test_from_pretrained_of_another_layout_is_refused(tmp_path):
+    mae = skelmae_ext.SkeletonMAE(layout="nturgb+d", embed_dim=16)
+    torch.save({"model": mae.state_dict(), "layout": mae.layout.to_dict()}, tmp_path / "ntu.pt")
+    classifier = skelmae_ext.SSLClassifier(num_classes=3, layout="coco", embed_dim=16, num_frames=8)
+    for source in (mae, str(tmp_path / "ntu.pt")):
+        with pytest.raises(ValueError, match=r"from_pretrained: the encoder was pre-trained on layout 'nturgb\+d' "
+                                             r"\(25 joints\), this classifier is built for 'coco' \(17 joints\)"):
+            classifier.from_pretrained(source)
+    ntu = skelmae_ext.SSLClassifier(num_classes=3, layout="nturgb+d", embed_dim=16, num_frames=8)
+    assert torch.equal(ntu.from_pretrained(str(tmp_path / "ntu.pt")).strl.embedding.weight, mae.encoder.embedding.weight)
+
+
 def running_variances(modules):
     return [b.clone() for module in modules for name, b in module.named_buffers() if name.endswith("running_var")]
 

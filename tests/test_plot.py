@@ -106,6 +106,15 @@ def test_log_of_a_restarted_and_a_resumed_run(tmp_path):
     assert [(r["epoch"], r["loss"]) for r in plot.read_epochs(str(tmp_path))] == [(1, 3.0), (2, 2.0)]
 
 
+def test_damaged_log_lines_are_skipped(tmp_path):
+    epoch = json.dumps({"event": "epoch", "epoch": 1, "loss": 3.0})
+    # a run killed while writing a line, then resumed: its next record joins the cut line
+    (tmp_path / "log.jsonl").write_text(epoch + "\n" + epoch[:20] + json.dumps({"event": "epoch", "epoch": 2}) + "\n"
+                                        + json.dumps({"event": "epoch", "epoch": 2, "loss": 2.0}) + "\n")
+    with pytest.warns(UserWarning, match=r"log\.jsonl: skipped 1 damaged lines \(first: line 2\)"):
+        assert [(r["epoch"], r["loss"]) for r in plot.read_epochs(str(tmp_path))] == [(1, 3.0), (2, 2.0)]
+
+
 def test_confusion_matrix_counts():
     counts = plot.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 4)
     expected = np.zeros((4, 4), dtype=int)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -41,6 +42,9 @@ def chain(tmp_path_factory):
 def test_pretraining_work_dir(chain):
     runs, paths = chain
     mae = paths["mae"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(mae / "latest.pth").st_mode) == 0o666 & ~umask  # as any file the user writes
     assert {"config.yaml", "run.jsonl", "log.txt", "log.jsonl", "latest.pth", "epoch_1.pth", "epoch_2.pth"} <= set(
         os.listdir(mae))
     result = json_line(runs["pretrain"])

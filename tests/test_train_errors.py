@@ -10,7 +10,9 @@ import yaml
 
 from skelmae_ext import cli, train
 
+from annotations import write_pickle
 from runs import STICK, TINY, skelmae, write_stick
+from skelmae_ext.data import read_pickle
 
 
 @pytest.fixture(autouse=True)
@@ -130,6 +132,82 @@ def test_bad_options(capsys, runs):
     assert "model: SkeletonMAE(" in fails(capsys, *pretrain_args(runs, "--set", "model.bogus=1"))
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--weight-decay", -1, "--weight-decay (optim.args.weight_decay): must be >= 0, got -1.0"),
+    ("--weight-decay", "nan", "--weight-decay (optim.args.weight_decay): must be a finite number, got nan"),
+    ("--lr", "inf", "--lr (optim.lr): must be a finite number, got inf"),
+    ("--warmup-epochs", "inf", "--warmup-epochs (optim.warmup_epochs): must be a finite number, got inf"),
+    ("--num-layers", 100000, "--num-layers (model.num_layers): must be an integer in 1..64, got 100000"),
+    ("--set", "optim.args.momentum=-0.5", "optim.args.momentum: must be >= 0, got -0.5"),
+])
+def test_numbers_out_of_range(capsys, runs, option, value, message):
+    assert message in fails(capsys, *pretrain_args(runs, option, value, "--print-config"))
+
+
+def test_configuration_text_that_is_not_plain_yaml(capsys, runs):
+    error = fails(capsys, *pretrain_args(runs, "--set", "model.beta=!!python/name:os.system"))
+    assert "--set: 'model.beta=!!python/name:os.system': the value is not plain YAML (could not determine a " in error
+    binary = runs["folder"] / "binary.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert f"--config: {binary} is not a text file (invalid start byte at byte 0): pass a YAML file" in fails(
+        capsys, *pretrain_args(runs, "--config", binary))
+    # nine values, nine times over, eight levels deep: 43 million strings once expanded
+    bomb = runs["folder"] / "bomb.yaml"
+    levels = ["model:", '  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    bomb.write_text("\n".join(levels) + "\n")
+    assert f"--config: {bomb} is not valid YAML (an alias (*name): write the value out instead" in fails(
+        capsys, *pretrain_args(runs, "--config", bomb))
+
+
+def test_paths_that_cannot_be_used(capsys, runs):
+    new = runs["folder"] / "new"
+    error = fails(capsys, *pretrain_args(runs)[:-len(TINY)], "--work-dir", runs["data"], *TINY)
+    assert error == (f"skelmae pretrain: error: {runs['data']}: expected a directory (or no file), found a file "
+                     "(FileExistsError, errno 17)")
+    test = ["test", "--data", runs["data"], "--split", "val", "--checkpoint", runs["ssl"]]
+    assert f"--out (out): {runs['folder']} is a directory; expected the path of a file to write" in fails(
+        capsys, *test, "--out", runs["folder"])
+    assert f"--out (out): {new}/x/scores.pkl: the folder {new}/x does not exist" in fails(
+        capsys, *test, "--out", new / "x" / "scores.pkl")
+    read_only = OSError(30, "Read-only file system", str(runs["folder"] / "latest.pth"))
+    assert cli._os_message(read_only) == f"{runs['folder'] / 'latest.pth'}: Read-only file system (OSError, errno 30)"
+    denied = PermissionError(13, "Permission denied", "/data/ntu.pkl")
+    assert cli._os_message(denied) == ("/data/ntu.pkl: permission denied: choose a path this user may read and write "
+                                       "(PermissionError, errno 13)")
+
+
+def test_data_problems_through_the_command_line(capsys, runs, tmp_path):
+    data = read_pickle(runs["data"])
+    data["split"]["empty"] = []
+    del data["annotations"][0]["keypoint"]
+    path = write_pickle(tmp_path / "odd.pkl", data)
+    argv = pretrain_args(runs)
+    argv[argv.index("--data") + 1] = path
+    assert f"{path}: split 'empty' is empty: choose another split" in fails(capsys, *argv, "--split", "empty")
+    assert cli.main([str(a) for a in argv]) == 2  # the first sample, without keypoint, is named; the layout is the others'
+    assert capsys.readouterr().err.splitlines() == [
+        f"skelmae pretrain: error: {path} (split 'train'): 1 of 12 samples cannot be used:",
+        "  sample 'train_0': has no 'keypoint': add its array [M, T, V, C] or drop the sample"]
+
+
+def test_extract_writes_the_path_it_prints(runs, tmp_path):
+    out = tmp_path / "features"  # no .npz: written as named
+    result = train.extract(runs["data"], "val", str(runs["mae"]), str(out))
+    assert result["out"] == str(out) and out.is_file() and not (tmp_path / "features.npz").exists()
+    assert train.knn(str(out), str(out), k=1)["num_samples"] == 6
+
+
+def test_finished_run_resumed(runs, tmp_path):
+    argv = pretrain_args(runs, "--epochs", 1)
+    argv[argv.index("--work-dir") + 1] = tmp_path / "run"
+    assert cli.main([str(a) for a in argv]) == 0
+    assert cli.main([str(a) for a in argv]) == 0
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "resumed from" in log and "1 epochs done of 1: nothing to train (raise --epochs to go on)" in log
+    assert "epoch 2/1" not in log
+
+
 def test_diverged_training_stops_at_the_first_non_finite_loss(capsys, runs):
     work_dir = runs["folder"] / "diverged"
     argv = ["finetune", "--data", runs["data"], "--train-split", "train", "--val-split", "val", "--layout",
@@ -139,6 +217,19 @@ def test_diverged_training_stops_at_the_first_non_finite_loss(capsys, runs):
     assert error.startswith("skelmae finetune: error: the training loss is ") and "at epoch 1, step " in error, error
     assert error.endswith("the run diverged (try a lower --lr, or --set optim.clip_grad_norm=1); nothing was saved")
     assert not (work_dir / "latest.pth").exists()
+
+
+def test_step_saves_never_write_a_diverged_state(capsys, runs):
+    work_dir = runs["folder"] / "diverged_steps"
+    argv = ["finetune", "--data", runs["data"], "--train-split", "train", "--val-split", "val", "--layout",
+            runs["layout"], "--work-dir", work_dir, *TINY, "--lr", "1e30", "--save-every-steps", 1, "--epochs", 2]
+    assert cli.main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    latest = work_dir / "latest.pth"
+    assert error.startswith("skelmae finetune: error: the weights hold NaN / inf values at epoch 1, step 2: the run "
+                            "diverged") and error.endswith(f"{latest} keeps the finite state of step 1"), error
+    state = torch.load(latest, weights_only=False)
+    assert state["step"] == 1 and all(torch.isfinite(value).all() for value in state["model"].values())
 
 
 def test_exit_status_and_debug_traceback(runs):

@@ -13,8 +13,8 @@ import torch
 import skelmae_ext
 import skelmae_reference
 from skelmae_ext import train
-from skelmae_ext.data import SkeletonDataset
-from skelmae_ext.train import metrics
+from skelmae_ext.data import DataError, SkeletonDataset, load_annotations, save_annotations
+from skelmae_ext.train import CheckpointError, ConfigError, metrics
 from skelmae_ext.train.evaluate import pooled_features
 
 from runs import STICK, load, write_stick
@@ -95,8 +95,8 @@ def test_knn_by_hand(tmp_path):
                    for f in train_features.astype(np.float64)]
         nearest = sorted(range(len(cosines)), key=lambda i: -cosines[i])[:k]
         tally = [0.0, 0.0, 0.0]
-        for i in nearest:
-            tally[train_labels[i]] += math.exp(cosines[i] / temperature)
+        for i in nearest:  # exp(s / t), scaled by exp(-max s / t): the scores' scale
+            tally[train_labels[i]] += math.exp((cosines[i] - cosines[nearest[0]]) / temperature)
         return tally
 
     expected = [int(np.argmax(votes(q))) for q in test_features]
@@ -107,6 +107,42 @@ def test_knn_by_hand(tmp_path):
     assert result["top1"] == pytest.approx(2 / 3) and result["num_samples"] == 3 and result["num_train"] == 5
     np.testing.assert_allclose(metrics.knn_scores(train_features, train_labels, test_features, k, temperature),
                                [votes(q) for q in test_features], rtol=1e-10)
+    # a tiny temperature: exp(s / t) overflows, and the nearest neighbour alone decides
+    # (the second query's neighbours, of classes 2 and 1, tied at inf before)
+    result = train.knn(str(tmp_path / "train.npz"), str(tmp_path / "test.npz"), k=k, temperature=1e-4)
+    assert result["top1"] == pytest.approx(2 / 3)
+    scores = metrics.knn_scores(train_features, train_labels, test_features, k, 1e-4)
+    assert scores.isfinite().all() and scores.argmax(1).tolist() == [0, 2, 1]
+
+
+def test_non_finite_features_weights_and_scores_are_refused(finetuned, tmp_path):
+    features = np.ones((3, 2), np.float32)
+    features[1, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", features=features, label=np.array([0, 1, 0]))
+    np.savez(tmp_path / "fine.npz", features=np.ones((3, 2), np.float32), label=np.array([0, 1, 0]))
+    with pytest.raises(DataError, match=r"nan\.npz: the features of 1 of 3 samples hold NaN / inf \(first: sample #1\)"):
+        train.knn(str(tmp_path / "fine.npz"), str(tmp_path / "nan.npz"))
+    data, checkpoint = finetuned
+    state = load(checkpoint)
+    state["model"][next(iter(state["model"]))].fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"nan\.pth: 1 weight tensors hold NaN / inf \(first: .*\): a diverged"):
+        train.evaluate(data, "val", str(tmp_path / "nan.pth"), num_clips=1)
+    with open(tmp_path / "scores.pkl", "wb") as handle:
+        pickle.dump({"frame_dir": ["a", "b"], "label": np.array([0, 1]), "scores": np.array([[np.nan, 1], [0, 1]])},
+                    handle)
+    with pytest.raises(DataError, match=r"scores\.pkl: the scores of 1 of 2 samples hold NaN / inf"):
+        train.ensemble([str(tmp_path / "scores.pkl")] * 2)
+
+
+def test_test_on_data_of_other_class_names(finetuned, tmp_path):
+    data, checkpoint = finetuned
+    annotations = load_annotations(data)
+    renamed = tmp_path / "renamed.pkl"
+    save_annotations(dict(annotations, classes=["walk", "wave", "sit"]), renamed)
+    with pytest.raises(DataError, match=r"renamed\.pkl: its classes differ from those .*best\.pth was fine-tuned on "
+                                        r"\(label 0: 'walk' in the data, 'wave' in the checkpoint\)"):
+        train.evaluate(str(renamed), "val", str(checkpoint), num_clips=1)
 
 
 def test_ensemble_by_hand(tmp_path):
@@ -132,6 +168,11 @@ def test_ensemble_by_hand(tmp_path):
     assert fused["top1"] == pytest.approx(2 / 3) and fused["weights"] == [1.0, 1.0]
     # joint + 3 motion: a [3.4, 0.6], b [0.9, 3.1], c [2.9, 1.1]: class 0 all right, class 1 half
     assert train.ensemble([paths[0], paths[2]], weights=[1, 3])["mean_class_accuracy"] == pytest.approx((1 + 0.5) / 2)
+    with pytest.raises(DataError, match=r"--weights: all 2 weights are 0"):
+        train.ensemble([paths[0], paths[2]], weights=[0, 0])
+    for weights in ([float("inf"), 1], [float("nan"), 1]):
+        with pytest.raises(ConfigError, match=r"weights: must be a finite number, got (inf|nan)"):
+            train.ensemble([paths[0], paths[2]], weights=weights)
 
 
 def test_pretrained_features_average_the_graphs_that_are_not_padding():

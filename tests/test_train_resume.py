@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from skelmae_ext.train import checkpoint
+from skelmae_ext.train import checkpoint, engine
 
 from runs import CWD, TINY, assert_same_run, environment, killed, load, records, skelmae, write_stick
 
@@ -96,3 +96,19 @@ def test_compiled_run_resumes(stick, tmp_path):
     assert "resumed from" in skelmae(*arguments).stderr
     state = load(tmp_path / "run" / "latest.pth")
     assert state["step"] == 6 and not any(key.startswith("_orig_mod") for key in state["model"])  # the module's keys
+
+
+def test_resume_takes_the_new_learning_rate_and_weight_decay(stick, tmp_path):
+    data, layout = stick
+    arguments = command(FINETUNE, data, layout, tmp_path / "run", 0)
+    arguments[arguments.index("--epochs") + 1] = 1
+    skelmae(*arguments, "--lr", 0.01, "--weight-decay", 0.001)
+    arguments[arguments.index("--epochs") + 1] = 2
+    resumed = skelmae(*arguments, "--lr", 0.002, "--weight-decay", 0.01)
+    assert ("differs from" in resumed.stderr and "optim.args.weight_decay, optim.lr" in resumed.stderr
+            and "takes this configuration's learning rate, schedule and arguments" in resumed.stderr)
+    state = load(tmp_path / "run" / "latest.pth")
+    (group,) = state["optimizer"]["param_groups"]
+    assert group["weight_decay"] == 0.01 and group["initial_lr"] == 0.002 and state["scheduler"]["base_lrs"] == [0.002]
+    factor = engine.schedule({"warmup_epochs": 1, "schedule": "cosine"}, steps_per_epoch=3, epochs=2)
+    assert [r["lr"] for r in records(tmp_path / "run", "step")][3:] == [0.002 * factor(step) for step in (4, 5, 6)]

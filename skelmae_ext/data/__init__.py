@@ -13,7 +13,7 @@ its loader, validation, ``describe``, and a bundled real dataset (``BUNDLED``).
 
 import os
 
-from .dataset import EpochSampler, SkeletonDataset, default_workers, make_loader
+from .dataset import EpochSampler, PackedAnnotations, SkeletonDataset, default_workers, make_loader
 from .describe import describe, format_description
 from .pipelines import AUGMENTATION, Compose, build_transform, default_pipeline
 from .readers import (
@@ -46,8 +46,8 @@ BUNDLED = os.path.join(os.path.dirname(__file__), "bundled", "bandai2_coco2d.pkl
 
 __all__ = [
     "AUGMENTATION", "BUNDLED", "Compose", "DataError", "EpochSampler", "FormatGCNInput", "GenSkeFeat",
-    "PoseDecode", "PreNormalize2D", "PreNormalize3D", "RandomGaussianNoise", "RandomRot", "RandomScale",
-    "SkeletonDataset", "TRANSFORMS", "UniformSample", "UnsafePickleError", "build_transform", "convert",
+    "PackedAnnotations", "PoseDecode", "PreNormalize2D", "PreNormalize3D", "RandomGaussianNoise", "RandomRot",
+    "RandomScale", "SkeletonDataset", "TRANSFORMS", "UniformSample", "UnsafePickleError", "build_transform", "convert",
     "default_pipeline", "default_workers", "describe", "format_description", "layout_for_joints",
     "load_annotations", "make_loader", "ntu_splits", "read_npz", "read_ntu", "read_ntu_skeleton", "read_pickle",
     "save_annotations", "validate",

@@ -16,7 +16,10 @@ per-clip outputs of each sample (``logits.view(B, num_clips, -1)``; PYSKL averag
 probabilities).
 """
 
+import ctypes
+import gc
 import os
+import pickle
 import random
 import signal
 
@@ -73,9 +76,9 @@ class SkeletonDataset(torch.utils.data.Dataset):
             annotations = _class_balanced(annotations, label_fraction, seed)
         self.source, self.split, self.mode, self.seed = where, split, mode, int(seed)
         self.epoch = 0
-        self._annotations = annotations
         self.frame_dirs = [a["frame_dir"] for a in annotations]
         self.labels = [int(a["label"]) for a in annotations]
+        self._annotations = PackedAnnotations(annotations)
         if pipeline is None:
             dims = annotations[0]["keypoint"].shape[-1]
             pipeline = default_pipeline(mode, clip_len, num_clips, feats, dims=dims, num_person=num_person,
@@ -93,7 +96,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def _transform(self, index, epoch):
-        results = dict(self._annotations[index])
+        results = self._annotations[index]
         results.update(rng=np.random.default_rng([self.seed, epoch, index]), layout=self.layout,
                        test_mode=self.mode == "test")
         return self.pipeline(results)
@@ -108,6 +111,47 @@ class SkeletonDataset(torch.utils.data.Dataset):
     def __repr__(self):
         return (f"SkeletonDataset({self.source!r}, split={self.split!r}, mode={self.mode!r}, samples={len(self)}, "
                 f"layout={self.layout.name!r}, classes={self.num_classes}, in_channels={self.in_channels})")
+
+
+class PackedAnnotations:
+    """A list of annotation dicts kept as two numpy buffers: every array's bytes in one, the
+    rest of each annotation pickled in the other; ``packed[i]`` is annotation ``i`` again, its
+    arrays views of the buffer. Loader workers share the buffers with the training process
+    (fork's copy-on-write); a list of dicts would be copied page by page into every worker as
+    it reads the samples (reading a Python object writes its reference count)."""
+
+    ALIGN = 16  # bytes: each array starts aligned for any dtype
+
+    def __init__(self, annotations):
+        records, arrays, size = [], [], 0  # arrays: (array, its start in the buffer)
+        for annotation in annotations:
+            rest, placed = {}, []
+            for key, value in annotation.items():
+                if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+                    placed.append((key, value.dtype.str, value.shape, size))
+                    arrays.append((value, size))
+                    size += -(-value.nbytes // self.ALIGN) * self.ALIGN
+                else:
+                    rest[key] = value
+            records.append(pickle.dumps((rest, placed), protocol=pickle.HIGHEST_PROTOCOL))
+        self._buffer = np.empty(size, np.uint8)
+        for value, start in arrays:
+            self._view(start, value.dtype, value.shape)[...] = value
+        self._records = np.frombuffer(b"".join(records), np.uint8)
+        self._ends = np.cumsum([len(record) for record in records])
+
+    def _view(self, start, dtype, shape):
+        return self._buffer[start:start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
+
+    def __len__(self):
+        return len(self._ends)
+
+    def __getitem__(self, index):
+        begin = self._ends[index - 1] if index else 0
+        rest, placed = pickle.loads(self._records[begin:self._ends[index]].tobytes())
+        for key, dtype, shape, start in placed:
+            rest[key] = self._view(start, np.dtype(dtype), shape)
+        return rest
 
 
 def _class_balanced(annotations, fraction, seed):
@@ -166,6 +210,19 @@ class EpochSampler(torch.utils.data.Sampler):
         return ((int(order[position]), passes[position // count]) for position in self._positions())
 
 
+def release_freed_memory():
+    """Hands the free pages of the C heap back to the system (glibc; elsewhere nothing): what
+    the loaded annotations took stays in the process once datasets have packed them, and
+    every forked worker would count it again."""
+    gc.collect()
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
+
+
 def default_workers():
     """Loader worker processes by default: the usable CPUs, at most 4."""
     return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -193,6 +250,8 @@ def make_loader(dataset, batch_size, *, shuffle=True, workers=None, seed=None, d
     if not isinstance(dataset, SkeletonDataset):
         raise DataError(f"make_loader takes a SkeletonDataset, got {type(dataset).__name__}")
     workers = default_workers() if workers is None else workers
+    if workers:
+        release_freed_memory()
     seed = dataset.seed if seed is None else seed
     sampler = EpochSampler(dataset, shuffle, seed, rank=rank, world_size=world_size, drop_last=drop_last,
                            repeat=repeat)

@@ -15,6 +15,7 @@ RGB+D ``.skeleton`` files (or one such file), or an already loaded dict.
 import bz2
 import gzip
 import lzma
+import math
 import os
 import pickle
 import re
@@ -92,7 +93,7 @@ def _unpickle(path, head):
     opener = next((open_ for magic, open_ in _COMPRESSION if head.startswith(magic)), open)
     try:
         with opener(path, "rb") as handle:
-            return _RestrictedUnpickler(handle).load()
+            obj = _RestrictedUnpickler(handle).load()
     except UnsafePickleError as error:
         raise UnsafePickleError(
             f"{path}: refused to load: the pickle asks for the global {error}, and a skeleton pickle holds only "
@@ -103,6 +104,34 @@ def _unpickle(path, head):
             raise DataError(f"{path}: not a file this library reads ({detail}); expected {SUPPORTED}") from error
         raise DataError(f"{path}: truncated or corrupt ({detail}): the file is incomplete or damaged; "
                         "write or download it again") from error
+    _check_arrays(obj, path)
+    return obj
+
+
+def _plain_dtype(dtype):
+    """Whether ``dtype`` is a plain number or string type, as numpy itself builds it: a pickle can
+    set a dtype's fields and offsets to anything, and numpy then reads past an array's memory."""
+    if dtype.kind not in "biufcUS" or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject:
+        return False
+    canonical = np.dtype(dtype.str)
+    return canonical == dtype and canonical.itemsize == dtype.itemsize
+
+
+def _check_arrays(obj, path):
+    """Refuses a loaded pickle that holds an array or numpy scalar of any other dtype (named by
+    where it lies, e.g. the pickle['annotations'][3]['keypoint'])."""
+    stack = [(obj, "the pickle")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            stack += [(value, f"{where}[{key!r}]") for key, value in item.items()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack += [(value, f"{where}[{index}]") for index, value in enumerate(item)]
+        elif isinstance(item, (np.ndarray, np.generic)):
+            if not _plain_dtype(item.dtype):
+                raise UnsafePickleError(
+                    f"{path}: refused to load: {where} is an array of dtype {str(item.dtype):.120}, and a skeleton "
+                    "pickle holds arrays of plain numbers (bool, int, float) or strings: store plain arrays")
 
 
 def _annotation_file(obj, where):
@@ -112,9 +141,17 @@ def _annotation_file(obj, where):
         found = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
         raise DataError(f"{where}: not skeleton annotations: expected a dict with 'split' and 'annotations' "
                         f"(PYSKL / MMAction2) or a list of annotation dicts, got {found}")
+    first = {}  # frame_dir -> index: a split names its samples by frame_dir
     for index, annotation in enumerate(obj["annotations"]):
         if not isinstance(annotation, dict) or "frame_dir" not in annotation:
             raise DataError(f"{where}: annotation #{index} is not a dict with a 'frame_dir' (its sample id)")
+        name = annotation["frame_dir"]
+        if not isinstance(name, str):
+            raise DataError(f"{where}: annotation #{index}'s frame_dir must be a str (its sample id), got "
+                            f"{type(name).__name__} {name!r:.80}")
+        if first.setdefault(name, index) != index:
+            raise DataError(f"{where}: annotations #{first[name]} and #{index} share the frame_dir {name!r}: each "
+                            "sample needs its own name (rename or drop one)")
     if "split" not in obj:
         obj = dict(obj, split={DEFAULT_SPLIT: [a["frame_dir"] for a in obj["annotations"]]})
     split = obj["split"]
@@ -159,10 +196,10 @@ def read_npz(path, persons=2, channels=3):
                             "MAMP arrays x_train [N, T, M*V*C], y_train, x_test, y_test")
         annotations, split = [], {}
         for name in splits:
+            if f"y_{name}" not in files:
+                raise DataError(f"{path}: has x_{name} but no y_{name}: add the labels")
             try:
-                x, y = archive[f"x_{name}"], archive[f"y_{name}"]
-            except KeyError:
-                raise DataError(f"{path}: has x_{name} but no y_{name}: add the labels") from None
+                x, y = (_npz_array(archive, path, key) for key in (f"x_{name}", f"y_{name}"))
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
                 raise DataError(f"{path}: truncated or corrupt .npz ({error}): write or download it again") from error
             samples = _npz_samples(path, name, x, y, persons, channels)
@@ -171,11 +208,38 @@ def read_npz(path, persons=2, channels=3):
     return {"split": split, "annotations": annotations}
 
 
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npz_array(archive, path, key):
+    """``archive[key]`` once its header is checked: numbers, and no more bytes than the member
+    holds (a damaged header's huge shape would otherwise ask for the memory first)."""
+    info = archive.zip.getinfo(f"{key}.npy")
+    with archive.zip.open(info) as handle:
+        read_header = _NPY_HEADERS.get(np.lib.format.read_magic(handle))
+        if read_header is not None:
+            shape, _, dtype = read_header(handle)
+            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+                raise DataError(f"{path}: {key} has dtype {dtype}; expected numbers (float keypoints, integer or "
+                                "one-hot labels)")
+            declared, held = math.prod(shape) * dtype.itemsize, info.file_size - handle.tell()
+            if declared != held:
+                raise DataError(f"{path}: {key} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                                f"{held} bytes: the file is damaged; write or download it again")
+    return archive[key]
+
+
 def _npz_samples(path, name, x, y, persons, channels):
     if x.ndim != 3 or x.shape[2] % (persons * channels):
         raise DataError(f"{path}: x_{name} must be [N, T, M*V*C] with M = {persons} persons and C = {channels} "
                         f"channels, got shape {x.shape} (set npz_persons / npz_channels)")
+    digits = len(str(max(len(x) - 1, 0)))
     if y.ndim == 2:
+        one_hot = ((y == 1).sum(axis=1) == 1) & ((y != 0).sum(axis=1) == 1)
+        if not one_hot.all():
+            row = int(np.flatnonzero(~one_hot)[0])
+            raise DataError(f"{path}: y_{name} row {row} (sample {name}_{row:0{digits}d}) is not one-hot: it has "
+                            f"{int((y[row] != 0).sum())} non-zero entries; expected a single 1 (the class)")
         labels = y.argmax(axis=1)  # one-hot, as CTR-GCN's feeder reads it
     elif y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
         labels = y
@@ -187,7 +251,6 @@ def _npz_samples(path, name, x, y, persons, channels):
     count, frames, width = x.shape
     joints = width // (persons * channels)
     people = x.reshape(count, frames, persons, joints, channels)
-    digits = len(str(max(count - 1, 0)))
     samples = []
     for n in range(count):
         present = np.flatnonzero(x[n].any(axis=1))

@@ -10,6 +10,7 @@ write into the arrays they are given (a dataset's annotations are shared): they 
 """
 
 import numpy as np
+from skelmae_reference.layouts import is_index
 
 from ..layouts import get_layout
 
@@ -171,6 +172,9 @@ class UniformSample(Transform):
     cached per video length), so numpy's global state is never touched."""
 
     def __init__(self, clip_len, num_clips=1, p_interval=1, seed=255):
+        for name, value in (("clip_len", clip_len), ("num_clips", num_clips)):
+            if not is_index(value) or value < 1:
+                raise ValueError(f"UniformSample: {name} must be an integer >= 1, got {value!r}")
         self.clip_len, self.num_clips, self.seed = clip_len, num_clips, seed
         self.p_interval = tuple(p_interval) if isinstance(p_interval, (tuple, list)) else (p_interval, p_interval)
         self._test_indices, self._segment_cache = {}, {}  # per video length

@@ -5,6 +5,7 @@
 checks on its split when it is built.
 """
 
+import collections
 import numbers
 
 import numpy as np
@@ -14,6 +15,8 @@ from ..layouts import BUILTIN_LAYOUTS, Layout, get_layout
 # The layout a joint count stands for when none is given (PYSKL's three standard skeletons).
 LAYOUT_BY_JOINTS = {17: "coco", 25: "nturgb+d", 18: "openpose"}
 MAX_REPORTED = 5  # problems listed in one error; the rest are counted
+# Pixels or metres lie far below this; larger values overflow the normalisation's squares.
+MAX_COORDINATE = 1e6
 
 
 class DataError(ValueError):
@@ -37,15 +40,21 @@ def layout_for_joints(num_joints, where="the data"):
         "(see skelmae_ext.layouts)")
 
 
+def common_keypoint_shape(annotations, where):
+    """(joints V, channels C) of most samples' keypoint [M, T, V, C]: what the data is, so that
+    validation blames the few samples of another shape, not the others."""
+    shapes = collections.Counter(a["keypoint"].shape[2:] for a in annotations if isinstance(a, dict)
+                                 and isinstance(a.get("keypoint"), np.ndarray) and a["keypoint"].ndim == 4)
+    if not shapes:
+        raise DataError(f"{where}: no sample has a keypoint array [M, T, V, C]: check the file with skelmae describe")
+    return shapes.most_common(1)[0][0]
+
+
 def resolve_layout(layout, annotations, where):
-    """``layout`` as a Layout, or the one implied by the first sample's joint count."""
+    """``layout`` as a Layout, or the one implied by most samples' joint count."""
     if layout is not None:
         return layout if isinstance(layout, Layout) else get_layout(layout)
-    keypoint = annotations[0].get("keypoint") if annotations and isinstance(annotations[0], dict) else None
-    if not isinstance(keypoint, np.ndarray) or keypoint.ndim != 4:
-        raise DataError(f"{where}: cannot tell the layout from the first sample (no keypoint [M, T, V, C]): "
-                        "pass layout=")
-    return layout_for_joints(keypoint.shape[2], where)
+    return layout_for_joints(common_keypoint_shape(annotations, where)[0], where)
 
 
 def select_split(data, split, where):
@@ -98,6 +107,9 @@ def sample_problems(annotation, layout, num_classes=None):
         problems.append(f"label {label} is out of range ({upper}): fix the label or the file's 'classes'")
 
     keypoint = annotation.get("keypoint")
+    if keypoint is None:
+        problems.append("has no 'keypoint': add its array [M, T, V, C] or drop the sample")
+        return problems
     if not isinstance(keypoint, np.ndarray):
         problems.append(f"'keypoint' must be a numpy array [M, T, V, C], got {type(keypoint).__name__}")
         return problems
@@ -126,6 +138,8 @@ def sample_problems(annotation, layout, num_classes=None):
     if score is not None and (not isinstance(score, np.ndarray) or score.shape != keypoint.shape[:3]):
         shape = score.shape if isinstance(score, np.ndarray) else type(score).__name__
         problems.append(f"keypoint_score must be [M, T, V] = {keypoint.shape[:3]}, got {shape}")
+    elif score is not None and not (np.issubdtype(score.dtype, np.integer) or np.issubdtype(score.dtype, np.floating)):
+        problems.append(f"keypoint_score must hold confidences (float), got dtype {score.dtype}")
     img_shape = annotation.get("img_shape")
     if img_shape is not None and not _valid_image_shape(img_shape):
         problems.append(f"img_shape must be (height, width) in pixels, both > 0, got {img_shape!r}")
@@ -134,15 +148,23 @@ def sample_problems(annotation, layout, num_classes=None):
         m, t, v, _ = np.argwhere(~finite)[0]
         problems.append(f"keypoint holds {int((~finite).sum())} NaN / inf values (first at person {m}, frame {t}, "
                         f"joint {v}): set missing joints to 0 (as undetected) or drop the sample")
+    elif float(np.finfo(keypoint.dtype).max) > MAX_COORDINATE:  # float16 cannot hold such values
+        huge = np.abs(keypoint) > MAX_COORDINATE
+        if huge.any():
+            m, t, v, c = np.argwhere(huge)[0]
+            problems.append(f"keypoint holds {int(huge.sum())} coordinates beyond +-{MAX_COORDINATE:g} (first at "
+                            f"person {m}, frame {t}, joint {v}: {float(keypoint[m, t, v, c]):g}); expected pixels "
+                            "or metres: fix the coordinates or drop the sample")
     return problems
 
 
 def _valid_image_shape(img_shape):
     try:
         height, width = img_shape
-        return float(height) > 0 and float(width) > 0 and np.isfinite([height, width]).all()
     except (TypeError, ValueError):
         return False
+    numbers_only = all(isinstance(n, numbers.Real) and not isinstance(n, (bool, np.bool_)) for n in (height, width))
+    return numbers_only and height > 0 and width > 0 and np.isfinite([height, width]).all()
 
 
 def check_annotations(annotations, layout, where, num_classes=None):

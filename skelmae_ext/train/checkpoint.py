@@ -53,6 +53,7 @@ def save(path, payload, before_rename=None):
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=_PARTIAL)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600: the mode of any file this user writes
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
             stream.flush()
@@ -69,6 +70,12 @@ def save(path, payload, before_rename=None):
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _umask():
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def remove_partial(folder):
@@ -111,8 +118,18 @@ def construct(model_class, layout, args):
         raise ConfigError("model", f"{model_class}({', '.join(f'{k}={v!r}' for k, v in args.items())}): {error}") from None
 
 
-def rebuild(checkpoint):
-    """The checkpoint's model, with its weights."""
+def non_finite(weights):
+    """The names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [name for name, value in weights.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def rebuild(checkpoint, path="the checkpoint"):
+    """The checkpoint's model, with its weights (refused when they are not finite: a diverged
+    run's, whose every output would be NaN)."""
+    broken = non_finite(checkpoint["model"])
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensors hold NaN / inf (first: {broken[0]}): a diverged "
+                              "run's; use a checkpoint of before the divergence")
     model = construct(checkpoint["model_class"], checkpoint["layout"], checkpoint["model_args"])
     model.load_state_dict(checkpoint["model"])
     return model

@@ -11,6 +11,7 @@ checkpoints, logs). The evaluation commands take flat dicts of their functions' 
 
 import copy
 import difflib
+import math
 import numbers
 import os
 
@@ -94,6 +95,9 @@ AMP_DTYPES = ("bfloat16", "float16")
 # train.compile: false, true (torch.compile's default mode) or a torch.compile mode;
 # "reduce-overhead" replays the compiled step's kernels as CUDA graphs on a GPU.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# Bounds of the model's sizes: far above any recipe's (3 layers, 64 wide), below what would
+# take the machine's memory and minutes before the first step.
+MAX_LAYERS, MAX_WIDTH = 64, 4096
 MAX_PERSONS = 2  # num_person "auto" pads to the data's largest count, at most PYSKL's 2
 # data.repeat "auto": a small training split (a label fraction, a small dataset) is passed over
 # several times an epoch, so that an epoch is at least this many samples (PYSKL's RepeatDataset)
@@ -113,10 +117,12 @@ class ConfigError(ValueError):
 # Checks of single values: each returns the value (normalised) or raises ValueError(what is expected)
 
 
-def _integer(low):
+def _integer(low, high=None):
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"must be an integer >= {low}, got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+                or (high is not None and value > high)):
+            raise ValueError(f"must be an integer {f'in {low}..{high}' if high is not None else f'>= {low}'}, "
+                             f"got {value!r}")
         return int(value)
     return check
 
@@ -124,8 +130,8 @@ def _integer(low):
 def _real(low=0.0, high=None, closed=False):
     """A number above ``low`` (or equal to it when ``closed``), at most ``high``."""
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
         if not (value >= low if closed else value > low) or (high is not None and value > high):
             bound = ("[" if closed else "(") + f"{low:g}, {high:g}]" if high is not None else \
                 (">= " if closed else "> ") + f"{low:g}"
@@ -208,9 +214,11 @@ CHECKS = {
     "data.augment": _boolean, "data.augmentation": _augmentation, "data.workers": _auto_or(_count),
     "data.repeat": _auto_or(_positive_int),
     "data.label_fraction": _real(0.0, 1.0), "data.val_clips": _positive_int,
-    "model": _mapping,
+    "model": _mapping, "model.num_layers": _auto_or(_integer(1, MAX_LAYERS)),
+    "model.embed_dim": _auto_or(_integer(1, MAX_WIDTH)),
     "optim.optimizer": _choice(*OPTIMIZERS), "optim.lr": _auto_or(_positive), "optim.base_lr": _positive,
     "optim.base_batch_size": _positive_int, "optim.args": _mapping, "optim.schedule": _choice(*SCHEDULES),
+    "optim.args.weight_decay": _real(closed=True), "optim.args.momentum": _real(closed=True),
     "optim.warmup_epochs": _real(closed=True), "optim.clip_grad_norm": _optional(_positive),
     "optim.label_smoothing": _real(0.0, 0.999, closed=True), "optim.encoder_lr_scale": _positive,
     "train.work_dir": _text, "train.epochs": _positive_int, "train.batch_size": _positive_int,
@@ -239,13 +247,32 @@ def defaults(command):
     return copy.deepcopy(DEFAULTS[command])
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """safe_load's YAML without aliases: nested aliases expand to billions of values (a
+    configuration writes its values out)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "an alias (*name): write the value out instead",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(stream):
+    """The value of YAML text or a text stream: plain data, no tags, no aliases."""
+    return yaml.load(stream, Loader=_PlainLoader)  # noqa: S506  (a SafeLoader)
+
+
 def load_yaml(path):
     """The mapping in a YAML file."""
     if not os.path.isfile(path):
         raise ConfigError("--config", f"{path}: no such file")
     try:
         with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle)
+            loaded = parse_yaml(handle)
+    except UnicodeDecodeError as error:
+        raise ConfigError("--config", f"{path} is not a text file ({error.reason} at byte {error.start}): pass a "
+                                      "YAML file") from error
     except yaml.YAMLError as error:
         raise ConfigError("--config", f"{path} is not valid YAML ({' '.join(str(error).split())})") from error
     if loaded is None:
@@ -308,12 +335,19 @@ def check(command, config):
         if _get(config, key) is None:
             raise ConfigError(key, "is required")
     for key, value in _flatten(config, DEFAULTS[command]):
-        if key in CHECKS:
-            try:
-                _set(config, key, CHECKS[key](value))
-            except ValueError as error:
-                raise ConfigError(key, str(error)) from None
+        _check_value(config, key, value)
+        if key in FREE_FORM:  # the few keyword arguments with a check of their own
+            for name, entry in _get(config, key).items():
+                _check_value(config, f"{key}.{name}", entry)
     return config
+
+
+def _check_value(config, key, value):
+    if key in CHECKS:
+        try:
+            _set(config, key, CHECKS[key](value))
+        except ValueError as error:
+            raise ConfigError(key, str(error)) from None
 
 
 def _flatten(config, sections, prefix=""):

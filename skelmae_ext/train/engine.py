@@ -186,6 +186,7 @@ class _Trainer:
         self.amp_dtype = getattr(torch, self.train["amp_dtype"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train["amp"] and self.amp_dtype == torch.float16)
         self.epoch = self.batch = self.step = 0
+        self.saved_step = None  # the step of this run's last latest.pth (what a divergence leaves there)
         self.best = None
         self.epoch_totals = Totals()
         self.log = RunLog(self.work_dir)
@@ -222,8 +223,10 @@ class _Trainer:
         batch = f"batch size {self.train['batch_size']}" + (
             f" ({self.loader.batch_size} in each of {processes} processes"
             f"{', SyncBatchNorm' if self.train['sync_bn'] else ''})" if processes > 1 else "")
-        self.log.text(f"{self.plan.kind} {'resumed from ' + resumed_from if resumed_from else 'started'}: epoch "
-                      f"{self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}, step {self.step}, "
+        where = (f"{self.epoch} epochs done of {epochs}: nothing to train (raise --epochs to go on)" if self.epoch >= epochs else
+                 f"epoch {self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}")
+        self.log.text(f"{self.plan.kind} {'resumed from ' + resumed_from if resumed_from else 'started'}: {where}, "
+                      f"step {self.step}, "
                       f"{len(self.plan.train_set)} samples, {batch}, device {self.device}, "
                       f"kernels {kernels(self.device)['backend']}, work dir {self.work_dir}")
         for note in [] if resumed_from else self.plan.notes:  # a resumed run's weights are its own
@@ -322,10 +325,14 @@ class _Trainer:
     def _check_finite(self, loss):
         # every rank sees the same reduced loss, so all raise together
         if not math.isfinite(loss):
-            latest = os.path.join(self.work_dir, LATEST)
-            kept = f"{latest} keeps the last epoch's state" if os.path.exists(latest) else "nothing was saved"
-            raise Diverged(f"the training loss is {loss} at epoch {self.epoch + (self.batch > 0)}, step {self.step}: "
-                           f"the run diverged (try a lower --lr, or --set optim.clip_grad_norm=1); {kept}")
+            self._diverged(f"the training loss is {loss}")
+
+    def _diverged(self, what):
+        latest = os.path.join(self.work_dir, LATEST)
+        kept = (f"{latest} keeps the finite state of step {self.saved_step}" if self.saved_step is not None
+                else "nothing was saved")
+        raise Diverged(f"{what} at epoch {self.epoch + (self.batch > 0)}, step {self.step}: the run diverged (try a "
+                       f"lower --lr, or --set optim.clip_grad_norm=1); {kept}")
 
     def _log_step(self, interval, bar):
         fields = dict(interval.fields(), lr=self.scheduler.get_last_lr()[-1], peak_memory_mb=peak_memory_mb(self.device))
@@ -350,12 +357,17 @@ class _Trainer:
             config=self.config, versions=versions())
 
     def _save(self, name):
-        """Writes checkpoint ``name`` (every process calls it: it gathers their states)."""
+        """Writes checkpoint ``name`` (every process calls it: it gathers their states), never of
+        non-finite weights: a divergence keeps the last finite state."""
+        if distributed.any_rank(bool(checkpoint.non_finite(self.model.state_dict()))):
+            self._diverged("the weights hold NaN / inf values")
         ranks = distributed.all_gather({"totals": self.epoch_totals.state(), "rng": checkpoint.rng_state()})
         if distributed.is_main():
             path = os.path.join(self.work_dir, name)
             checkpoint.save(path, self._payload(ranks),
                             before_rename=lambda temporary: self._call("on_checkpoint_written", temporary, path))
+        if name == LATEST:
+            self.saved_step = self.step
 
     def _call(self, hook, *args):
         for callback in self.callbacks:
@@ -378,6 +390,8 @@ class _Trainer:
         path, state = found
         checkpoint.require_kind(state, self.plan.kind, path, "resume a run with the command that started it, or "
                                 "pass --no-resume to start over")
+        configured = [{key: value for key, value in group.items() if key != "params"}
+                      for group in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -386,8 +400,11 @@ class _Trainer:
                 f"{path} was written by a run of another model or optimiser ({' '.join(str(error).split())[:300]}): "
                 "resume with the configuration that wrote it, or pass --no-resume or another --work-dir") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self._configure_optimizer(configured)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step, self.best = state["epoch"], state["batch"], state["step"], state["best"]
+        if path == os.path.join(self.work_dir, LATEST):
+            self.saved_step = self.step
         rank, saved = distributed.rank(), checkpoint.per_rank(state)
         if rank < len(saved):  # a process more than the run that wrote it had starts this epoch's sums at 0
             totals, rng = saved[rank]
@@ -400,8 +417,20 @@ class _Trainer:
         changed = _differences(state["config"], self.config)
         if changed:
             self.log.text(f"the configuration differs from {path}'s in {', '.join(changed)}: the run goes on with "
-                          "this one")
+                          "this one (the optimiser keeps its state, such as momenta, and takes this configuration's "
+                          "learning rate, schedule and arguments)")
         return path
+
+    def _configure_optimizer(self, configured):
+        """This configuration's optimiser arguments (``configured``: the fresh optimiser's
+        groups) on the restored optimiser, at the resumed step's point of the schedule (a
+        checkpoint's own values, for an unchanged configuration)."""
+        for group, values in zip(self.optimizer.param_groups, configured):
+            group.update(values)
+        scheduler = self.scheduler
+        scheduler.base_lrs = [values["initial_lr"] for values in configured]
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
 
     def _write_records(self, resumed_from):
         if not distributed.is_main():

@@ -25,7 +25,7 @@ import torch
 from ..data import DataError, read_pickle
 from . import checkpoint as checkpoints
 from . import distributed, inputs, metrics
-from .config import DIST_TIMEOUT, build, resolve_device, resolve_workers
+from .config import DIST_TIMEOUT, ConfigError, build, resolve_device, resolve_workers
 from .workdir import TEST_RECORD, append_json_line, find_checkpoint, scores_file
 
 
@@ -71,7 +71,7 @@ def _open(options, kinds, fix):
     if dataset.num_classes > model_args.get("num_classes", dataset.num_classes):
         raise DataError(f"{data}: {dataset.num_classes} classes but the checkpoint's classifier has "
                         f"{model_args['num_classes']}: evaluate on the dataset it was fine-tuned on")
-    model = checkpoints.rebuild(state).to(device).eval()
+    model = checkpoints.rebuild(state, path).to(device).eval()
     loader = inputs.loader(dataset, options["batch_size"], resolve_workers(options["workers"], device), device,
                            train=False, key="batch_size")
     return path, state, model, dataset, loader, device
@@ -89,9 +89,16 @@ def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, dev
     path, state, model, dataset, loader, device = _open(
         options, ("finetune",), "a pre-training checkpoint has no classifier: fine-tune it (skelmae finetune "
         "--pretrained), or probe its features with skelmae extract and skelmae knn")
+    trained, named = state["class_names"], dataset.class_names
+    if trained is not None and named is not None and list(trained) != list(named):
+        first = next((i for i, (a, b) in enumerate(zip(trained, named)) if a != b), min(len(trained), len(named)))
+        raise DataError(f"{options['data']}: its classes differ from those {path} was fine-tuned on (label {first}: "
+                        f"{_name(named, first)} in the data, {_name(trained, first)} in the checkpoint): its labels "
+                        "would be scored as other classes; test on the dataset it was fine-tuned on")
+    out = options["out"] or os.path.join(os.path.dirname(path), scores_file(options["split"]))
+    _require_writable(out)
     scores, labels = predict(lambda x: model(x).softmax(1), loader, device, options["num_clips"])
     result = metrics.accuracy(scores, labels)
-    out = options["out"] or os.path.join(os.path.dirname(path), scores_file(options["split"]))
     record = dict(result, scores=os.path.abspath(out))
     if not distributed.is_main():
         return record
@@ -105,6 +112,19 @@ def evaluate(data, split, checkpoint, num_clips=10, out=None, batch_size=16, dev
                           data=os.path.abspath(options["data"]), split=options["split"],
                           num_clips=options["num_clips"]))
     return record
+
+
+def _require_writable(out):
+    """Refuses an output path that cannot be a file, before the model runs over the data."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ConfigError("out", f"{out} is a directory; expected the path of a file to write")
+    if not os.path.isdir(folder):
+        raise ConfigError("out", f"{out}: the folder {folder} does not exist; create it or write elsewhere")
+
+
+def _name(names, label):
+    return repr(names[label]) if label < len(names) else "none"
 
 
 def pooled_features(state, model):
@@ -129,11 +149,14 @@ def extract(data, split, checkpoint, out, num_clips=1, batch_size=16, device="au
     options = build("extract", dict(data=data, split=split, checkpoint=checkpoint, out=out, num_clips=num_clips,
                                     batch_size=batch_size, device=device, workers=workers, dist_timeout=dist_timeout))
     path, state, model, dataset, loader, device = _open(options, ("pretrain", "finetune"), "")
+    _require_writable(options["out"])
     features, labels = predict(pooled_features(state, model), loader, device, options["num_clips"])
     if distributed.is_main():
-        np.savez(options["out"], features=features.numpy(), label=labels.numpy(),
-                 frame_dir=np.array(dataset.frame_dirs), class_names=np.array(state["class_names"] or [], dtype=str),
-                 kind=state["kind"], checkpoint=os.path.abspath(path), split=options["split"])
+        with open(options["out"], "wb") as handle:  # np.savez would add .npz to a path without it
+            np.savez(handle, features=features.numpy(), label=labels.numpy(),
+                     frame_dir=np.array(dataset.frame_dirs),
+                     class_names=np.array(state["class_names"] or [], dtype=str), kind=state["kind"],
+                     checkpoint=os.path.abspath(path), split=options["split"])
     return {"out": os.path.abspath(options["out"]), "num_samples": int(labels.numel()), "dim": int(features.shape[1]),
             "kind": state["kind"]}
 
@@ -143,9 +166,20 @@ def _features(path):
         raise DataError(f"{path}: no such features file: write it with skelmae extract")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return archive["features"], archive["label"]
+            features, labels = archive["features"], archive["label"]
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"{path}: not a features file of skelmae extract ({error})") from error
+    _require_finite(features, path, "features")
+    return features, labels
+
+
+def _require_finite(values, path, what):
+    """Refuses [N, ...] ``values`` that hold NaN or inf (of a diverged model), naming the first sample."""
+    finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    if not finite.all():
+        raise DataError(f"{path}: the {what} of {int((~finite).sum())} of {len(values)} samples hold NaN / inf (first: "
+                        f"sample #{int(np.flatnonzero(~finite)[0])}): they come from a diverged model; write them "
+                        "again from a checkpoint of finite weights")
 
 
 def knn(train, test, k=20, temperature=0.07):
@@ -169,6 +203,7 @@ def _scores(path):
     dump = read_pickle(path)
     if not isinstance(dump, dict) or not {"frame_dir", "label", "scores"} <= set(dump):
         raise DataError(f"{path}: not a score dump of skelmae test (needs frame_dir, label, scores)")
+    _require_finite(np.asarray(dump["scores"]), path, "scores")
     return dump
 
 
@@ -181,6 +216,8 @@ def ensemble(scores, weights=None):
     weights = options["weights"] or ([2.0, 2.0, 1.0, 1.0] if len(paths) == 4 else [1.0] * len(paths))
     if len(weights) != len(paths):
         raise DataError(f"--weights: {len(weights)} weights for {len(paths)} score dumps: give one per dump")
+    if not any(weights):
+        raise DataError(f"--weights: all {len(weights)} weights are 0: give at least one dump a weight > 0")
     dumps = [_scores(path) for path in paths]
     first = dumps[0]
     order = {name: i for i, name in enumerate(first["frame_dir"])}

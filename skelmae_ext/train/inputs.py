@@ -3,6 +3,7 @@ options stand for, and the datasets and loaders its ``data`` configuration secti
 (the data layer does the work)."""
 
 from ..data import DataError, SkeletonDataset, default_pipeline, layout_for_joints, load_annotations, make_loader
+from ..data.validation import common_keypoint_shape, select_split
 from ..layouts import BUILTIN_LAYOUTS, get_layout
 from . import distributed
 from .config import AUTO, MAX_PERSONS, REPEAT_TO, ConfigError
@@ -45,21 +46,18 @@ def resolve_repeat(repeat, samples):
 
 
 def _dims(data, split, where):
-    first = data["split"][split][0] if data["split"][split] else None
-    for annotation in data["annotations"]:
-        if annotation["frame_dir"] == first:
-            keypoint = annotation.get("keypoint")
-            if getattr(keypoint, "ndim", 0) == 4 and keypoint.shape[-1] in (2, 3):
-                return keypoint.shape[-1]
-    raise DataError(f"{where}: the first sample of split {split!r} has no keypoint [M, T, V, C] with C = 2 (x, y) "
-                    "or 3 (x, y, z): check the file with skelmae describe")
+    channels = common_keypoint_shape(select_split(data, split, where), f"{where} (split {split!r})")[1]
+    if channels not in (2, 3):
+        raise DataError(f"{where}: the keypoints of split {split!r} have C = {channels} channels; expected 2 (x, y) "
+                        "or 3 (x, y, z): check the file with skelmae describe")
+    return channels
 
 
 def resolve_layout(layout, data, where, key="data.layout",
                    fix="pass the layout the data was made with (--layout NAME|FILE.json)"):
     """The Layout of ``layout`` (a name, JSON path or dict; "auto": implied by the data's joint
     count), checked against the data's joints; ``fix`` ends the message of a misfit."""
-    joints = _joints(data)
+    joints = common_keypoint_shape(data["annotations"], where)[0]
     if layout == AUTO:
         return layout_for_joints(joints, where)
     try:
@@ -82,13 +80,6 @@ def resolve_num_person(num_person, data, splits):
     if num_person != AUTO:
         return num_person
     wanted = {name for split in splits for name in data["split"][split]}
-    most = max((a["keypoint"].shape[0] for a in data["annotations"] if a["frame_dir"] in wanted), default=1)
+    most = max((a["keypoint"].shape[0] for a in data["annotations"]
+                if a["frame_dir"] in wanted and getattr(a.get("keypoint"), "ndim", 0) == 4), default=1)
     return max(1, min(MAX_PERSONS, int(most)))
-
-
-def _joints(data):
-    for annotation in data["annotations"]:
-        keypoint = annotation.get("keypoint")
-        if getattr(keypoint, "ndim", 0) == 4:
-            return keypoint.shape[2]
-    raise DataError("the data holds no keypoint array [M, T, V, C]")

@@ -21,7 +21,9 @@ def accuracy(scores, labels):
 def knn_scores(train_features, train_labels, test_features, k=20, temperature=0.07, num_classes=None, chunk=1024):
     """Weighted KNN class scores [N_test, K] (Wu et al. 2018, as the SSL literature reports it):
     cosine similarity s to every training feature, the k most similar vote for their labels
-    with weight exp(s / temperature)."""
+    with weight exp(s / temperature), computed as exp((s - s_max) / temperature) with each
+    test sample's largest s_max: the same votes up to a factor per sample, and no overflow at
+    small temperatures."""
     train = torch.nn.functional.normalize(torch.as_tensor(train_features, dtype=torch.float64), dim=1)
     test = torch.nn.functional.normalize(torch.as_tensor(test_features, dtype=torch.float64), dim=1)
     train_labels = torch.as_tensor(train_labels, dtype=torch.int64)
@@ -30,7 +32,7 @@ def knn_scores(train_features, train_labels, test_features, k=20, temperature=0.
     votes = []
     for rows in test.split(chunk):  # bounds the [rows, N_train] similarity matrix
         similarity, nearest = (rows @ train.T).topk(k, dim=1)
-        weights = (similarity / temperature).exp()
+        weights = ((similarity - similarity[:, :1]) / temperature).exp()  # topk: the first is the largest
         votes.append(torch.zeros(rows.shape[0], num_classes, dtype=torch.float64).scatter_add_(
             1, train_labels[nearest], weights))
     return torch.cat(votes)
