@@ -424,6 +424,7 @@ def test_features_for_probes(model_name):
 BAD_INPUT = {
     "wrong rank": (torch.randn(2, 8, 17, 2), ValueError, r"must be \[N, M, T, V, C\] \(5 dims\)"),
     "V vs layout": (torch.randn(2, 2, 8, 18, 2), ValueError, r"V=18 joints but layout 'coco' has 17"),
+    "empty batch": (torch.randn(0, 2, 8, 17, 2), ValueError, r"x holds no sample \(N=0, shape \(0, 2, 8, 17, 2\)\)"),
     "C vs model": (torch.randn(2, 2, 8, 17, 3), ValueError, r"C=3 channels but the model expects in_channels=2"),
     "NaN": (torch.full((2, 2, 8, 17, 2), float("nan")), RuntimeError, r"contains NaN or inf"),
     "inf": (torch.full((2, 2, 8, 17, 2), float("inf")), RuntimeError, r"contains NaN or inf"),

@@ -170,6 +170,8 @@ def check_skeleton_input(x, layout, in_channels, owner, dtype):
         raise ValueError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 5:
         raise ValueError(f"{owner}: x must be [N, M, T, V, C] (5 dims), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{owner}: x holds no sample (N=0, shape {tuple(x.shape)})")
     if x.shape[3] != layout.num_joints:
         raise ValueError(f"{owner}: x has V={x.shape[3]} joints but layout {layout.name!r} has "
                          f"{layout.num_joints} (shape {tuple(x.shape)})")
