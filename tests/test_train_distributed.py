@@ -124,9 +124,13 @@ def finetuning(stick):
 
 
 def test_two_processes_fine_tune_as_one(finetuning):
-    # This small classifier's weights drift apart at the float noise's level within a few
-    # steps (one process's fused and reference kernels too): the losses of each step, which
-    # follow from the weights of the step before, and the validation are compared.
+    # The parameters after the epoch's three steps, each within 1e-4 of its tensor's largest value
+    # (they drift apart at the float noise's level, as one process's fused and reference kernels
+    # do); the losses of each step, which follow from the weights of the step before; the validation.
+    one, two = weights(finetuning["one"]), weights(finetuning["synced"])
+    for key in one:
+        if one[key].is_floating_point():
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-4 * float(one[key].abs().max()), msg=key)
     one, two = records(finetuning["one"], "step"), records(finetuning["synced"], "step")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
     assert [r["train_top1"] for r in two] == [r["train_top1"] for r in one]
