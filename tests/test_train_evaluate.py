@@ -181,7 +181,7 @@ def test_pretrained_features_average_the_graphs_that_are_not_padding():
     x = torch.randn(3, 2, 5, 13, 2)
     x[:, 1] = 0  # the second person is padding
     x[0, 0, 3:] = 0  # and the last frames of the first sample
-    features = pooled_features({"kind": "pretrain"}, model)(x)
+    features = pooled_features(model)(x)
     with torch.no_grad():
         first = model.encoder(x[:1, :1, :3]).mean(dim=(1, 2, 3))
         others = model.encoder(x[1:, :1]).mean(dim=(1, 2, 3))

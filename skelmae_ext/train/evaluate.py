@@ -127,11 +127,11 @@ def _name(names, label):
     return repr(names[label]) if label < len(names) else "none"
 
 
-def pooled_features(state, model):
+def pooled_features(model):
     """[B, M, T, V, C] -> [B, D]: a fine-tuned classifier's or a pre-trained trunk's pooled
-    STRL features, or a pre-trained per-frame encoder's output averaged over the joints and the
-    (person, frame) graphs that are not padding."""
-    if state["kind"] == "finetune" or state["model_class"] == "TrunkMAE":
+    STRL features (their ``features``), or a pre-trained per-frame encoder's output averaged
+    over the joints and the (person, frame) graphs that are not padding."""
+    if hasattr(model, "features"):
         return model.features
 
     def encoder_features(x):
@@ -150,7 +150,7 @@ def extract(data, split, checkpoint, out, num_clips=1, batch_size=16, device="au
                                     batch_size=batch_size, device=device, workers=workers, dist_timeout=dist_timeout))
     path, state, model, dataset, loader, device = _open(options, ("pretrain", "finetune"), "")
     _require_writable(options["out"])
-    features, labels = predict(pooled_features(state, model), loader, device, options["num_clips"])
+    features, labels = predict(pooled_features(model), loader, device, options["num_clips"])
     if distributed.is_main():
         with open(options["out"], "wb") as handle:  # np.savez would add .npz to a path without it
             np.savez(handle, features=features.numpy(), label=labels.numpy(),
