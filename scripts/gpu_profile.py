@@ -69,9 +69,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for the tables")
     parser.add_argument("--device", choices=sorted(SIZES), default="cuda")
-    parser.add_argument("--backend", help="skelmae_ext backend (default: the device's compiled kernels)")
+    parser.add_argument("--backend", help="skelmae_ext backend (default: cuda on a GPU; auto on the CPU, the "
+                                           "reference path where a source tree without kernels is imported)")
     args = parser.parse_args(argv)
-    backend = args.backend or args.device
+    backend = args.backend or ("cuda" if args.device == "cuda" else "auto")
     args.out.mkdir(parents=True, exist_ok=True)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     for name, make in (("masked_graph_conv", op_step), ("pretraining-step", training_step)):
