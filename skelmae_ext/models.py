@@ -6,8 +6,6 @@ arguments plus ``backend``, the same state_dict keys and the same outputs, faste
 state_dict loads unchanged.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -65,8 +63,7 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
             kept = (~masked).to(graphs.dtype)
             augmented = torch.cat([graphs.masked_fill(masked, 0), kept, 1 - kept], dim=-1)
             rows.append(self.mask_token[None])
-        aggregated = self.ops.masked_graph_conv(augmented, None, augmented.new_zeros(augmented.shape[-1]),
-                                                first.adjacency, first.eps)
+        aggregated = self.ops.masked_graph_conv(augmented, None, None, first.adjacency, first.eps)
         folded = self.ops.fold_weights(mlp.first.weight, torch.cat(rows).t())
         projected = self.ops.linear(aggregated.reshape(-1, augmented.shape[-1]), folded, mlp.first.bias)
         # the rest of the first layer, as GINLayer.forward
@@ -86,8 +83,7 @@ class SkeletonMAE(skelmae_reference.SkeletonMAE):
         layer = self.decoder
         folded = self.ops.fold_weights(layer.mlp.weight, self.encoder_to_decoder.weight)
         projected = self.ops.linear(hidden, folded)
-        token = projected.new_zeros(projected.shape[-1])
-        aggregated = self.ops.masked_graph_conv(projected, mask if self.remask else None, token, layer.adjacency,
+        aggregated = self.ops.masked_graph_conv(projected, mask if self.remask else None, None, layer.adjacency,
                                                 layer.eps)
         return aggregated + layer.mlp.bias
 
@@ -159,18 +155,8 @@ class SSLClassifier(skelmae_reference.SSLClassifier):
 
     def load_pretrained(self, source):
         """As the reference's; ``source`` may also name an encoder shipped with the package
-        ("coco17": skelmae_ext.pretrained). An encoder pre-trained on another layout (a model's, or
-        a checkpoint's that records it) is refused: its weights would load, and mean other joints."""
-        source = pretrained.resolve(source)
-        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
-            source = torch.load(source, map_location="cpu", weights_only=True)
-        layout = source.get("layout") if isinstance(source, dict) else getattr(source, "layout", None)
-        layout = None if layout is None else skelmae_reference.get_layout(layout)
-        if layout is not None and layout.to_dict() != self.layout.to_dict():
-            raise ValueError(f"from_pretrained: the encoder was pre-trained on layout {layout.name!r} "
-                             f"({layout.num_joints} joints), this classifier is built for {self.layout.name!r} "
-                             f"({self.layout.num_joints} joints): build it with the pre-training's layout")
-        return super().load_pretrained(source)
+        ("coco17": skelmae_ext.pretrained)."""
+        return super().load_pretrained(pretrained.resolve(source))
 
 
 class TrunkMAE(skelmae_reference.TrunkMAE):

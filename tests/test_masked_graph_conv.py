@@ -94,6 +94,20 @@ def test_hand_computed_path_graph(device, backend):
     torch.testing.assert_close(eps.grad.cpu(), torch.tensor(14.0))  # sum of x~
 
 
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS + [pytest.param(torch.device("cpu"), "reference",
+                                                                      id="cpu-reference")])
+def test_no_token_is_a_zero_token(device, backend):
+    # Path 0 - 1 - 2, joint 1 masked without a token (a re-mask): x~ = [1, 0, 3], eps 0:
+    # y = x~ + neighbours = [1, 4, 3]; no gradient reaches joint 1.
+    x = torch.tensor([[[1.0], [2.0], [3.0]]], device=device, requires_grad=True)
+    mask = torch.tensor([[False, True, False]], device=device)
+    adj = torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=torch.bool, device=device)
+    y = ops.masked_graph_conv(x, mask, None, adj, backend=backend)
+    torch.testing.assert_close(y.flatten().cpu(), torch.tensor([1.0, 4.0, 3.0]))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad.flatten().cpu(), torch.tensor([2.0, 0.0, 2.0]))
+
+
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("mask_kind", ["none", "partial"])
 def test_gradcheck_float64(device, backend, mask_kind):

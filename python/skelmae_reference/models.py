@@ -75,8 +75,6 @@ class GINLayer(nn.Module):
     def forward(self, h, mask=None, token=None):
         """h: [G, V, C] -> [G, V, D]."""
         graphs, joints, channels = h.shape
-        if token is None and mask is not None:  # the decoder's re-mask
-            token = h.new_zeros(channels)
         ops = self.ops
         rows = ops.masked_graph_conv(h, mask, token, self.adjacency, self.eps).reshape(graphs * joints, channels)
         if not self.encoding:

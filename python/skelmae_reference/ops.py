@@ -15,11 +15,12 @@ def masked_graph_conv(x, mask, token, adjacency, eps=0.0):
         x~[g, v] = token if mask[g, v] else x[g, v]
         y[g, v]  = (1 + eps) * x~[g, v] + sum_u A[v, u] * x~[g, u]
 
-    x: [G, V, C]; mask: [G, V] bool or None; token: [C] (unused, and may be None, without a
-    mask); adjacency: [V, V] (0/1 or bool); eps: float or 0-d tensor.
+    x: [G, V, C]; mask: [G, V] bool or None; token: [C], or None for zeros (a re-mask);
+    adjacency: [V, V] (0/1 or bool); eps: float or 0-d tensor.
     """
     if mask is not None:
-        x = torch.where(mask.unsqueeze(-1), token.to(x.dtype), x)
+        replaced = mask.unsqueeze(-1)
+        x = x.masked_fill(replaced, 0) if token is None else torch.where(replaced, token.to(x.dtype), x)
     adjacency = adjacency.to(x.dtype)
     neighbours = torch.einsum("vu,guc->gvc", adjacency, x)
     return (1 + eps) * x + neighbours

@@ -245,8 +245,18 @@ class SSLClassifier(nn.Module):
         """Copies pre-trained weights (a model, its state_dict, or a checkpoint file holding one)
         into the classifier; the head always starts random. From a TrunkMAE: every trunk weight
         (``strl.*``: embeddings, every STRL layer). From a SkeletonMAE: its encoder, into the
-        joint embedding and every STRL layer's encoder copy. Returns (loaded, random): the names
-        of the state_dict entries that took pre-trained values and of those that did not."""
+        joint embedding and every STRL layer's encoder copy. A source pre-trained on another
+        layout (a model's, or a checkpoint's that records it) is refused: its weights would load,
+        and mean other joints. Returns (loaded, random): the names of the state_dict entries that
+        took pre-trained values and of those that did not."""
+        if isinstance(source, (str, os.PathLike)):
+            source = torch.load(source, map_location="cpu", weights_only=True)
+        layout = source.get("layout") if isinstance(source, dict) else getattr(source, "layout", None)
+        layout = None if layout is None else get_layout(layout)
+        if layout is not None and layout.to_dict() != self.layout.to_dict():
+            raise ValueError(f"from_pretrained: the encoder was pre-trained on layout {layout.name!r} "
+                             f"({layout.num_joints} joints), this classifier is built for {self.layout.name!r} "
+                             f"({self.layout.num_joints} joints): build it with the pre-training's layout")
         state = _encoder_state(source)
         if any(key.startswith("strl.") for key in state):
             trunk = _subtree(state, "strl.")
@@ -270,10 +280,9 @@ class SSLClassifier(nn.Module):
 
 
 def _encoder_state(source):
+    """The state_dict of a model, of a checkpoint (its "state_dict" or "model"), or itself."""
     if isinstance(source, nn.Module):
         return source.state_dict()
-    if isinstance(source, (str, os.PathLike)):
-        source = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(source, dict):
         raise ValueError(f"from_pretrained: source must be a SkeletonMAE or TrunkMAE, its state_dict or the path "
                          f"of a checkpoint file holding one, got {type(source).__name__}")

@@ -26,7 +26,7 @@ from torch import nn
 
 from .models import check_positive_ints, shared_rand
 from .ops import ReferenceOps
-from .strl import STRL, pooled, present_persons
+from .strl import STRL, pooled
 
 TRUNK_TARGETS = ("motion", "position", "both")
 NORM_EPS = 1e-6  # MAE's: a tube that does not move has a zero target, not a blown-up one
@@ -128,7 +128,7 @@ class TrunkMAE(nn.Module):
         """x: [N, M, T, V, C] -> TrunkMAEOutput(loss, reconstruction, mask)."""
         self.strl.check_input(x, type(self).__name__)
         n, m, t, v, c = x.shape
-        real = x.flatten(3).ne(0).any(-1) & present_persons(x)[:, :, None]  # [N, M, T]
+        real = x.flatten(3).ne(0).any(-1)  # [N, M, T]: frames that are not padding (so their person is present)
         mask = self.sample_mask(n, m, t, v, x.device) & real[..., None]
         reconstruction = self.decoder(self.strl(x, mask, self.mask_token))
         target = torch.cat([self.normalised(part) for part in self.targets(x, real)], dim=-1)

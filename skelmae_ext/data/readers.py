@@ -219,7 +219,7 @@ def _npz_array(archive, path, key):
         read_header = _NPY_HEADERS.get(np.lib.format.read_magic(handle))
         if read_header is not None:
             shape, _, dtype = read_header(handle)
-            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            if dtype.kind not in "biuf" or not _plain_dtype(dtype):
                 raise DataError(f"{path}: {key} has dtype {dtype}; expected numbers (float keypoints, integer or "
                                 "one-hot labels)")
             declared, held = math.prod(shape) * dtype.itemsize, info.file_size - handle.tell()

@@ -112,8 +112,8 @@ def _setup_context_with(grad_op):
 def _backward_with(backward_op, grad_op=None):
     """The loss's autograd formula. The forward's gradients, where it computed those needed,
     scaled by grad_output (backward_op, read as a tensor: no host sync); otherwise grad_op
-    computes them from the inputs (the C++ ops on the CPU). Gradients to be differentiated again come from the reference path on the inputs,
-    which only the CPU route keeps."""
+    computes them from the inputs (the C++ ops on the CPU). Gradients to be differentiated again
+    come from the reference path on the inputs, which only the CPU route keeps."""
 
     def backward(ctx, grad_loss, _unused_grad_pred, _unused_grad_target):
         needed = list(ctx.needs_input_grad[:2])

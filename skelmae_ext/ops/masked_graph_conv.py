@@ -24,7 +24,7 @@ def masked_graph_conv(x, mask, token, adjacency, eps=0.0, *, backend="auto"):
     Args:
         x: [G, V, C] floating point, G = every (sample, person, frame) graph.
         mask: [G, V] bool (True = replace the joint by the token), or None.
-        token: [C], x's dtype: the learnable mask token; None (zeros) where mask is None.
+        token: [C], x's dtype: the learnable mask token; None for zeros (a re-mask).
         adjacency: [V, V] float or bool, the layout's binary symmetric adjacency without
             self-loops (any real weights work; no gradient flows to it).
         eps: float or 0-d tensor; a tensor that requires grad gets its gradient.
@@ -51,7 +51,7 @@ def _check_inputs(x, mask, token, adjacency, eps):
     if x.dim() != 3:
         fail(OP, "x", "of shape [G, V, C] (3 dims)", f"shape {tuple(x.shape)}")
     graphs, joints, channels = x.shape
-    if token is not None or mask is not None:
+    if token is not None:
         check_float_tensor(OP, "token", token)
         if tuple(token.shape) != (channels,):
             fail(OP, "token", f"of shape ({channels},) (C of x)", f"shape {tuple(token.shape)}")

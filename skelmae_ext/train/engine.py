@@ -223,8 +223,8 @@ class _Trainer:
         batch = f"batch size {self.train['batch_size']}" + (
             f" ({self.loader.batch_size} in each of {processes} processes"
             f"{', SyncBatchNorm' if self.train['sync_bn'] else ''})" if processes > 1 else "")
-        where = (f"{self.epoch} epochs done of {epochs}: nothing to train (raise --epochs to go on)" if self.epoch >= epochs else
-                 f"epoch {self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}")
+        where = (f"{self.epoch} epochs done of {epochs}: nothing to train (raise --epochs to go on)"
+                 if self.epoch >= epochs else f"epoch {self.epoch + 1}/{epochs}, batch {self.batch}/{self.steps_per_epoch}")
         self.log.text(f"{self.plan.kind} {'resumed from ' + resumed_from if resumed_from else 'started'}: {where}, "
                       f"step {self.step}, "
                       f"{len(self.plan.train_set)} samples, {batch}, device {self.device}, "
