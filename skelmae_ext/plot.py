@@ -131,7 +131,7 @@ def curves(work_dirs, out=None, labels=None, title=None):
                 values = [100 * r[key] if r.get(key) is not None else np.nan for r in records]
                 if not np.all(np.isnan(values)):
                     axes[2].plot(epoch, values, style, color=colour, ms=3, label=f"{label}: {name}")
-    loss = "cross-entropy" if accuracy else "reconstruction loss, (1 - cos)^beta"
+    loss = "cross-entropy" if accuracy else "reconstruction loss"  # cosine, squared or a trunk's tube error
     axes[0].set(title="Training loss (mean over each epoch)", xlabel="epoch", ylabel=loss)
     axes[1].set(title="Learning rate (at each epoch's end)", xlabel="epoch", ylabel="learning rate")
     axes[1].set_ylim(bottom=0)
