@@ -165,9 +165,20 @@ def test_trunk_objective_pretrains_the_trunk_and_every_trunk_weight_reaches_the_
 def test_a_trunk_fine_tuned_on_clips_of_another_length_says_which(trunk):
     folder, data = trunk
     with pytest.raises(train.CheckpointError, match=r"pre-trained the trunk on clips of 8 frames, and this run's are "
-                                                    r"16: pass --clip-len 8"):
+                                                    r"16: drop --clip-len \(it follows the checkpoint\) or pass 8"):
         finetuning.plan({"data": {"source": data, "train_split": "train", "val_split": "val", "clip_len": 16},
                          "train": {"work_dir": folder / "other", "pretrained": folder / "trunk"}})
+
+
+def test_the_clip_length_follows_a_trunk_checkpoint_and_is_64_otherwise(trunk):
+    folder, data = trunk
+    required = {"data": {"source": data, "train_split": "train", "val_split": "val"}}
+    from_trunk = finetuning.plan(dict(required, train={"work_dir": folder / "auto", "pretrained": folder / "trunk"}))
+    assert from_trunk.config["data"]["clip_len"] == 8 and from_trunk.model.strl.num_frames == 8
+    from_frame = finetuning.plan(dict(required, train={"work_dir": folder / "auto-frame", "pretrained": folder / "mae"}))
+    assert from_frame.config["data"]["clip_len"] == config.CLIP_LEN == 64
+    scratch = dict(required, data=dict(required["data"], layout=str(folder / "stick13.json")))
+    assert finetuning.plan(dict(scratch, train={"work_dir": folder / "auto-none"})).config["data"]["clip_len"] == 64
 
 
 def test_the_objective_picks_its_model_defaults():

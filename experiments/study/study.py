@@ -22,6 +22,7 @@ selection on the validation split)."""
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -56,7 +57,12 @@ def parse_settings(items):
         *parents, leaf = key.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
+        value = yaml.safe_load(value)
+        try:  # YAML 1.1 reads 1e-3 as a string
+            value = float(value) if isinstance(value, str) else value
+        except ValueError:
+            pass
+        node[leaf] = value
     return settings
 
 
@@ -241,36 +247,53 @@ def mean_spread(values, expected):
     return f"{mean:.1f} ± {spread:.1f}{missing}", (mean, spread)
 
 
+def paired(differences):
+    """(mean, standard deviation, standard error, t) of paired differences (two or more)."""
+    mean, spread = statistics.mean(differences), statistics.stdev(differences)
+    error = spread / len(differences) ** 0.5
+    return mean, spread, error, (mean / error if error else math.inf)
+
+
 def report(study, datasets, transfer):
     args, results = study.args, study.results
     lines = [f"Pre-training {args.pretrain_epochs} epochs, fine-tuning {args.finetune_epochs} epochs, T = "
              f"{args.clip_len}, seeds {args.seeds}; validation top-1 (%) of the last epoch, mean ± standard "
-             f"deviation over the seeds (each seed its own label subset; linear probes: seeds {args.probe_seeds}). "
-             "Gain: pre-trained minus from scratch, * where it exceeds both standard deviations (of two seeds or "
-             "more).", "",
-             "| dataset | labels | floor (logistic regression) | from scratch | pre-trained | gain |"
+             f"deviation over the seeds (each seed its own label subset, the same in every column; linear probes: "
+             f"seeds {args.probe_seeds}). Gain: the paired difference pre-trained minus from scratch (same seed), "
+             "its mean ± standard error and paired t (of two seeds or more); each seed's values follow the table.",
+             "",
+             "| dataset | labels | floor (logistic regression) | from scratch | pre-trained | gain | paired t |"
              + (" transfer (union pre-training) |" if transfer else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
+    per_seed = []
     bars = []
     for dataset in datasets:
         name, out = dataset["name"], os.path.join(args.out, dataset["name"])
         for fraction in args.fractions:
-            cells, counts = {}, {}
-            for init in ("scratch", "pretrained", "transfer"):
-                values = [results[k] for k in (os.path.join(out, init, f"{fraction}/seed{s}") for s in args.seeds)
-                          if k in results]
-                cells[init], counts[init] = mean_spread(values, len(args.seeds)), len(values)
-            floor = mean_spread([results[k] for k in (f"{name}/floor/{fraction}/seed{s}" for s in args.seeds)
-                                 if k in results], len(args.seeds))
-            gain = ""
-            if cells["scratch"][1] and cells["pretrained"][1]:
-                (scratch, scratch_sd), (pre, pre_sd) = cells["scratch"][1], cells["pretrained"][1]
-                spread_known = min(counts["scratch"], counts["pretrained"]) > 1
-                gain = f"{pre - scratch:+.1f}" + ("*" if spread_known and abs(pre - scratch) > max(scratch_sd, pre_sd)
-                                                  else "")
-            lines.append(f"| {name} | {100 * fraction:g}% | {floor[0]} | {cells['scratch'][0]} | "
-                         f"{cells['pretrained'][0]} | {gain} |" + (f" {cells['transfer'][0]} |" if transfer else ""))
-            bars.append((f"{name}\n{100 * fraction:g}%", floor[1][0] if floor[1] else None, cells))
+            by_seed = {init: {s: results.get(os.path.join(out, init, f"{fraction}/seed{s}")) for s in args.seeds}
+                       for init in ("scratch", "pretrained", "transfer")}
+            by_seed["floor"] = {s: results.get(f"{name}/floor/{fraction}/seed{s}") for s in args.seeds}
+            cells = {init: mean_spread([v for v in values.values() if v is not None], len(args.seeds))
+                     for init, values in by_seed.items()}
+            differences = [by_seed["pretrained"][s] - by_seed["scratch"][s] for s in args.seeds
+                           if by_seed["pretrained"][s] is not None and by_seed["scratch"][s] is not None]
+            gain, t = "", ""
+            if len(differences) > 1:
+                mean, _, error, t_value = paired(differences)
+                gain, t = f"{mean:+.2f} ± {error:.2f}", f"{t_value:.2f}"
+            lines.append(f"| {name} | {100 * fraction:g}% | {cells['floor'][0]} | {cells['scratch'][0]} | "
+                         f"{cells['pretrained'][0]} | {gain} | {t} |" + (f" {cells['transfer'][0]} |" if transfer else ""))
+            per_seed.append((f"{name}, {100 * fraction:g}% of the labels", by_seed))
+            bars.append((f"{name}\n{100 * fraction:g}%", cells["floor"][1][0] if cells["floor"][1] else None, cells))
+    for title, by_seed in per_seed:
+        lines += ["", f"{title}, each seed:", "", "| seed | floor | from scratch | pre-trained | difference |"
+                  + (" transfer |" if transfer else ""), "|---:|---:|---:|---:|---:|" + ("---:|" if transfer else "")]
+        for s in args.seeds:
+            floor, scratch, pre, union = (by_seed[init][s] for init in ("floor", "scratch", "pretrained", "transfer"))
+            cells = [floor, scratch, pre] + ([union] if transfer else [])
+            difference = "" if None in (scratch, pre) else f"{pre - scratch:+.1f}"
+            cells = ["" if v is None else f"{v:.1f}" for v in cells]
+            lines.append(f"| {s} | " + " | ".join(cells[:3] + [difference] + cells[3:]) + " |")
     lines += ["", "| dataset | linear probe, random encoder | linear probe, pre-trained | KNN, random | "
               "KNN, pre-trained |", "|---|---:|---:|---:|---:|"]
     for dataset in datasets:
@@ -330,13 +353,14 @@ def main(argv=None):
                         help="pre-train on the union of these datasets' training splits, fine-tune on each")
     parser.add_argument("--threads", default="auto", help="torch's CPU threads of each run (1 with --jobs > 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
-    parser.add_argument("--probe-seeds", type=int, nargs="+", help="seeds of the linear probes (default: --seeds)")
+    parser.add_argument("--probe-seeds", type=int, nargs="*",
+                        help="seeds of the linear probes (default: --seeds; none: no probes)")
     parser.add_argument("--pretrain-set", action="append", metavar="KEY=VALUE", help="a pre-training option")
     parser.add_argument("--finetune-set", action="append", metavar="KEY=VALUE", help="a fine-tuning option")
     parser.add_argument("--report-only", action="store_true", help="write the table and plot from what has run")
     args = parser.parse_args(argv)
     args.threads = args.threads if args.threads == "auto" else int(args.threads)
-    args.probe_seeds = args.probe_seeds or args.seeds
+    args.probe_seeds = args.seeds if args.probe_seeds is None else args.probe_seeds
     os.makedirs(args.out, exist_ok=True)
     study = Study(args)
     if not args.report_only:

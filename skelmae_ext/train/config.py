@@ -27,7 +27,8 @@ AUTO = "auto"
 # Pre-training: the paper's Adam 1.5e-4 (GraphMAE's graph-classification recipe) at this
 # library's default batch 16 (the paper's "batch 1024" names no unit: graphs, clips or samples).
 DIST_TIMEOUT = 600  # s: a compiling or checkpointing process keeps the others waiting for less
-_DATA = {"source": None, "layout": AUTO, "clip_len": 64, "num_person": AUTO, "feats": ["j"],
+CLIP_LEN = 64  # data.clip_len of a pre-training, and of a fine-tuning that starts from no trunk
+_DATA = {"source": None, "layout": AUTO, "clip_len": CLIP_LEN, "num_person": AUTO, "feats": ["j"],
          "with_score": False, "augment": True, "augmentation": dict(AUGMENTATION), "workers": AUTO,
          "repeat": AUTO}
 _TRAIN = {"work_dir": None, "epochs": 50, "batch_size": 16, "seed": 0, "device": AUTO, "threads": AUTO,
@@ -61,7 +62,8 @@ DEFAULTS = {
     # the training split: docs/study.md, "The fine-tuning schedule"). The encoder's
     # widths ("auto") are the pre-trained checkpoint's (else the model's defaults).
     "finetune": {
-        "data": dict(_DATA, train_split=None, val_split=None, label_fraction=1.0, val_clips=1),
+        # clip_len "auto": a pre-trained trunk's clip length (its position embeddings fit no other)
+        "data": dict(_DATA, train_split=None, val_split=None, label_fraction=1.0, val_clips=1, clip_len=AUTO),
         "model": {"embed_dim": AUTO, "num_layers": AUTO, "num_strl_layers": 3, "freeze_encoder": False,
                   "dropout": 0.5},
         "optim": {"optimizer": "sgd", "lr": AUTO, "base_lr": 0.1, "base_batch_size": 128,
@@ -209,7 +211,7 @@ def _compile(value):
 
 CHECKS = {
     "data.source": _text, "data.split": _text, "data.train_split": _text, "data.val_split": _text,
-    "data.layout": lambda value: value if isinstance(value, dict) else _text(value), "data.clip_len": _positive_int, "data.num_person": _auto_or(_positive_int),
+    "data.layout": lambda value: value if isinstance(value, dict) else _text(value), "data.clip_len": _auto_or(_positive_int), "data.num_person": _auto_or(_positive_int),
     "data.feats": _list(_choice(*FEATS), f"features {list(FEATS)}"), "data.with_score": _boolean,
     "data.augment": _boolean, "data.augmentation": _augmentation, "data.workers": _auto_or(_count),
     "data.repeat": _auto_or(_positive_int),

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import pretrained as shipped
 from . import engine, inputs, metrics
 from .checkpoint import CheckpointError, construct, load, require_kind
-from .config import AUTO
+from .config import AUTO, CLIP_LEN
 from .evaluate import predict
 from .workdir import find_checkpoint
 
@@ -31,6 +31,7 @@ def plan(config):
     splits = [data_config["train_split"], data_config["val_split"]]
     data = inputs.read(source, splits)
     pretrained = _pretrained(train["pretrained"])
+    data_config["clip_len"] = _clip_len(data_config["clip_len"], pretrained)
     layout_option = data_config["layout"]
     if pretrained is not None:
         layout = _pretrained_layout(pretrained, layout_option, data, source)
@@ -118,12 +119,23 @@ def _summary(names):
     return ", ".join(f"{key} ({count})" for key, count in groups.items()) or "none"
 
 
+def _clip_len(option, pretrained):
+    """data.clip_len, "auto" resolved: a pre-trained trunk's, else config.CLIP_LEN."""
+    if option != AUTO:
+        return option
+    return pretrained[1]["model_args"]["num_frames"] if _is_trunk(pretrained) else CLIP_LEN
+
+
+def _is_trunk(pretrained):
+    return pretrained is not None and pretrained[1]["model_class"] == "TrunkMAE"
+
+
 def _model_args(model_config, pretrained, in_channels, clip_len):
     """The model section's arguments with the encoder's "auto" widths taken from the
     pre-trained checkpoint (dropped without one: the model's defaults), checked against it."""
     args = dict(model_config)
     source = pretrained[1]["model_args"] if pretrained else {}
-    trunk = pretrained is not None and pretrained[1]["model_class"] == "TrunkMAE"
+    trunk = _is_trunk(pretrained)
     for name in TRUNK_ARGS if trunk else ENCODER_ARGS:
         if args.get(name, AUTO) == AUTO:
             args.pop(name, None)
@@ -134,7 +146,8 @@ def _model_args(model_config, pretrained, in_channels, clip_len):
                                   f"{source[name]!r}: drop the option (it follows the checkpoint) or pre-train anew")
     if trunk and source["num_frames"] != clip_len:
         raise CheckpointError(f"{pretrained[0]} pre-trained the trunk on clips of {source['num_frames']} frames, and "
-                              f"this run's are {clip_len}: pass --clip-len {source['num_frames']}")
+                              f"this run's are {clip_len}: drop --clip-len (it follows the checkpoint) or "
+                              f"pass {source['num_frames']}")
     if pretrained and source["in_channels"] != in_channels:
         raise CheckpointError(f"{pretrained[0]} was pre-trained on {source['in_channels']} input channels, and this "
                               f"run's features give {in_channels}: use the pre-training's --feats and data")
