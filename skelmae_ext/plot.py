@@ -20,12 +20,13 @@ import warnings
 
 import numpy as np
 import torch
+import yaml
 
 from .data import PreNormalize2D, read_pickle
 from .layouts import PART_NAMES
 from .train import checkpoint as checkpoints
 from .train import inputs
-from .train.workdir import BEST, JSON_LOG, LATEST, TEST_RECORD, find_checkpoint
+from .train.workdir import BEST, CONFIG, JSON_LOG, LATEST, TEST_RECORD, find_checkpoint
 
 KINDS = ("curves", "confusion", "reconstruction", "tsne")
 DPI = 100
@@ -156,6 +157,9 @@ def curves(work_dirs, out=None, labels=None, title=None):
 def last_test(work_dir):
     """The score dump of the last ``skelmae test`` of the work directory's checkpoints."""
     path = os.path.join(work_dir, TEST_RECORD)
+    if not os.path.isfile(path) and _pretraining(work_dir):
+        raise MissingInput(f"{work_dir}: no {TEST_RECORD}: a pre-training classifies nothing; the confusion matrix "
+                           "is of a skelmae finetune work directory, after skelmae test")
     if not os.path.isfile(path):
         raise MissingInput(f"{work_dir}: no {TEST_RECORD}: run skelmae test --checkpoint {work_dir} first")
     records = [record for record in _json_lines(path) if isinstance(record.get("scores"), str)]
@@ -168,6 +172,16 @@ def last_test(work_dir):
     if not isinstance(dump, dict) or not {"label", "scores"} <= set(dump):
         raise PlotError(f"{scores}: not a score dump of skelmae test (needs label and scores)")
     return dump
+
+
+def _pretraining(work_dir):
+    """Whether the work directory's run is a pre-training (its config reads one split)."""
+    try:
+        with open(os.path.join(work_dir, CONFIG), encoding="utf-8") as handle:
+            data = (yaml.safe_load(handle) or {}).get("data") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return isinstance(data, dict) and "split" in data and "train_split" not in data
 
 
 def confusion_matrix(labels, predictions, num_classes):

@@ -6,6 +6,7 @@ directory without what a figure needs."""
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -199,14 +200,18 @@ def test_tsne_legend_names_the_classes(runs):
 
 @pytest.mark.parametrize("kind, run, message", [
     ("curves", "empty", "no log.jsonl"),
-    ("confusion", "mae", "no test.jsonl: run skelmae test"),
+    ("confusion", "mae", "no test.jsonl: a pre-training classifies nothing; the confusion matrix is of a skelmae "
+                         "finetune work directory"),
+    ("confusion", "ssl-untested", "no test.jsonl: run skelmae test --checkpoint"),
     ("reconstruction", "ssl", "is a finetune checkpoint: the reconstruction view needs"),
     ("tsne", "ssl", "no features file (.npz): write one with skelmae extract"),
     ("all", "empty", "nothing to draw"),
     ("all", "missing", "no such directory"),
 ])
 def test_errors_name_what_is_missing(runs, tmp_path, capsys, kind, run, message):
-    work_dir = {"empty": str(tmp_path), "missing": str(tmp_path / "nowhere")}.get(run) or runs[run]
+    work_dir = {"empty": str(tmp_path), "missing": str(tmp_path / "nowhere")}.get(run) or runs.get(run)
+    if run == "ssl-untested":  # a fine-tuning without skelmae test
+        work_dir = str(shutil.copytree(runs["ssl"], tmp_path / run, ignore=shutil.ignore_patterns("test.jsonl")))
     assert cli.main(["plot", work_dir, "--kind", kind, "--out", str(tmp_path / "figures")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err
