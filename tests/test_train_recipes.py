@@ -181,11 +181,18 @@ def test_the_clip_length_follows_a_trunk_checkpoint_and_is_64_otherwise(trunk):
     assert finetuning.plan(dict(scratch, train={"work_dir": folder / "auto-none"})).config["data"]["clip_len"] == 64
 
 
-def test_the_objective_picks_its_model_defaults():
+def test_the_objective_picks_its_model_and_optimiser_defaults():
     required = {"data": {"source": "data.pkl", "split": "train"}, "train": {"work_dir": "run"}}
-    assert config.build("pretrain", required, {"model": {"objective": "trunk"}})["model"] == dict(
-        objective="trunk", **config.PRETRAIN_MODELS["trunk"])
-    assert config.build("pretrain", required)["model"] == dict(objective="frame", **config.PRETRAIN_MODELS["frame"])
+    trunk = config.build("pretrain", required, {"model": {"objective": "trunk"}})
+    assert trunk["model"] == dict(objective="trunk", **config.PRETRAIN_MODELS["trunk"])
+    assert (trunk["optim"]["base_lr"], trunk["optim"]["schedule"], trunk["optim"]["warmup_epochs"]) == (1e-3, "cosine", 1)
+    assert config.resolve_lr(trunk["optim"], 16) == 1e-3
+    frame = config.build("pretrain", required)
+    assert frame["model"] == dict(objective="frame", **config.PRETRAIN_MODELS["frame"])
+    assert (frame["optim"]["base_lr"], frame["optim"]["schedule"]) == (1.5e-4, "constant")
+    # an option given wins over the objective's default
+    assert config.build("pretrain", required, {"model": {"objective": "trunk"}, "optim": {"schedule": "constant"}})[
+        "optim"]["schedule"] == "constant"
     with pytest.raises(ConfigError, match=r"model.objective: must be one of \['frame', 'trunk'\], got 'tube'"):
         config.build("pretrain", required, {"model": {"objective": "tube"}})
 

@@ -46,6 +46,12 @@ PRETRAIN_MODELS = {
     "trunk": {"embed_dim": 64, "num_layers": 3, "num_strl_layers": 3, "mask_ratio": 0.9, "chunk": 4,
               "target": "motion"},
 }
+# ... and its optimiser settings over DEFAULTS["pretrain"]["optim"]: the trunk's were measured
+# (docs/study.md, "Trunk pre-training"): at 1.5e-4 constant its loss barely moved in 30 epochs.
+PRETRAIN_OPTIM = {
+    "frame": {},
+    "trunk": {"base_lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1},
+}
 DEFAULTS = {
     # docs/design.md section 5: Adam 1.5e-4, no weight decay, no schedule; the paper's 50 epochs.
     "pretrain": {
@@ -316,8 +322,8 @@ def nest(dotted):
 
 def build(command, *updates):
     """``command``'s defaults with each update (nested dicts: a YAML file's, the command line's)
-    merged in order, checked. A pre-training's model defaults are its objective's (the last
-    update's model.objective)."""
+    merged in order, checked. A pre-training's model and optimiser defaults are its objective's
+    (the last update's model.objective)."""
     config = defaults(command)
     if command == "pretrain":
         objective = next((update["model"]["objective"] for update in reversed(updates)
@@ -325,6 +331,7 @@ def build(command, *updates):
         if not isinstance(objective, str) or objective not in PRETRAIN_MODELS:
             raise ConfigError("model.objective", f"must be one of {list(PRETRAIN_MODELS)}, got {objective!r}")
         config["model"] = dict(objective=objective, **copy.deepcopy(PRETRAIN_MODELS[objective]))
+        config["optim"].update(PRETRAIN_OPTIM[objective])
     for update in updates:
         config = merge(config, update)
     return check(command, config)
