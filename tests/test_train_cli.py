@@ -122,10 +122,12 @@ def test_config_file_and_command_line(tmp_path):
                                       "train": {"epochs": 7, "work_dir": str(tmp_path / "w")},
                                       "model": {"embed_dim": 16, "beta": 3.0}}))
     printed = yaml.safe_load(skelmae("pretrain", "--config", config, "--epochs", 3, "--set", "optim.args.weight_decay=0.01",
-                                     "--mask-strategy", "random_joints", "--mask-ratio", 0.3, "--print-config").stdout)
+                                     "--set", "optim.args.eps=1e-6", "--mask-strategy", "random_joints",
+                                     "--mask-ratio", 0.3, "--print-config").stdout)
     assert printed["train"]["epochs"] == 3  # the command line wins
     assert printed["data"]["clip_len"] == 12 and printed["model"]["embed_dim"] == 16 and printed["model"]["beta"] == 3.0
     assert printed["optim"]["args"]["weight_decay"] == 0.01 and printed["data"]["num_person"] == 2
+    assert printed["optim"]["args"]["eps"] == 1e-6  # YAML 1.1 would have read the string "1e-6"
     assert printed["optim"]["lr"] == 1.5e-4 and printed["train"]["device"] == "cpu"
     assert printed["model"]["mask_strategy"] == "random_joints" and printed["model"]["mask_ratio"] == 0.3
     assert not (tmp_path / "w").exists()  # --print-config writes nothing

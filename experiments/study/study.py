@@ -29,14 +29,13 @@ import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from floor import logistic_regression_floor  # noqa: E402
 
 from skelmae_ext import train  # noqa: E402
 from skelmae_ext.data import load_annotations, save_annotations  # noqa: E402
+from skelmae_ext.train.config import parse_yaml  # noqa: E402
 
 
 def parse_dataset(text):
@@ -57,12 +56,7 @@ def parse_settings(items):
         *parents, leaf = key.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
-        value = yaml.safe_load(value)
-        try:  # YAML 1.1 reads 1e-3 as a string
-            value = float(value) if isinstance(value, str) else value
-        except ValueError:
-            pass
-        node[leaf] = value
+        node[leaf] = parse_yaml(value)
     return settings
 
 

@@ -14,6 +14,7 @@ import difflib
 import math
 import numbers
 import os
+import re
 
 import torch
 import yaml
@@ -264,6 +265,12 @@ class _PlainLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "an alias (*name): write the value out instead",
                                               self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+
+# YAML 1.1 reads an exponent without a decimal point (1e-3, 5E4) as a string; YAML 1.2 and
+# Python as a number, which is what a learning rate written that way means.
+_PlainLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
 
 
 def parse_yaml(stream):
