@@ -48,7 +48,8 @@ PRETRAIN_MODELS = {
               "target": "motion"},
 }
 # ... and its optimiser settings over DEFAULTS["pretrain"]["optim"]: the trunk's were measured
-# (docs/study.md, "Trunk pre-training"): at 1.5e-4 constant its loss barely moved in 30 epochs.
+# (docs/study.md, "Every objective, paired against scratch"): at 1.5e-4 constant its loss barely
+# moved in 30 epochs.
 PRETRAIN_OPTIM = {
     "frame": {},
     "trunk": {"base_lr": 1e-3, "schedule": "cosine", "warmup_epochs": 1},
@@ -69,7 +70,7 @@ DEFAULTS = {
     # the training split: docs/study.md, "The fine-tuning schedule"). The encoder's
     # widths ("auto") are the pre-trained checkpoint's (else the model's defaults).
     "finetune": {
-        # clip_len "auto": a pre-trained trunk's clip length (its position embeddings fit no other)
+        # clip_len "auto": a pre-trained trunk's (resolve_clip_len)
         "data": dict(_DATA, train_split=None, val_split=None, label_fraction=1.0, val_clips=1, clip_len=AUTO),
         "model": {"embed_dim": AUTO, "num_layers": AUTO, "num_strl_layers": 3, "freeze_encoder": False,
                   "dropout": 0.5},
@@ -419,6 +420,12 @@ def resolve_workers(workers, device):
         return workers
     from ..data import default_workers
     return default_workers() if device.type == "cuda" else 0
+
+
+def resolve_clip_len(clip_len, trunk_frames=None):
+    """data.clip_len, or for "auto" a pre-trained trunk's clip length (its position embeddings
+    fit no other), else CLIP_LEN."""
+    return clip_len if clip_len != AUTO else trunk_frames or CLIP_LEN
 
 
 def resolve_lr(optim, batch_size):

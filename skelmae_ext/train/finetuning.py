@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import pretrained as shipped
 from . import engine, inputs, metrics
 from .checkpoint import CheckpointError, construct, load, require_kind
-from .config import AUTO, CLIP_LEN
+from .config import AUTO, resolve_clip_len
 from .evaluate import predict
 from .workdir import find_checkpoint
 
@@ -31,7 +31,8 @@ def plan(config):
     splits = [data_config["train_split"], data_config["val_split"]]
     data = inputs.read(source, splits)
     pretrained = _pretrained(train["pretrained"])
-    data_config["clip_len"] = _clip_len(data_config["clip_len"], pretrained)
+    data_config["clip_len"] = resolve_clip_len(data_config["clip_len"],
+                                               pretrained[1]["model_args"]["num_frames"] if _is_trunk(pretrained) else None)
     layout_option = data_config["layout"]
     if pretrained is not None:
         layout = _pretrained_layout(pretrained, layout_option, data, source)
@@ -117,13 +118,6 @@ def _summary(names):
         key = ".".join(name.split(".")[:depth])
         groups[key] = groups.get(key, 0) + 1
     return ", ".join(f"{key} ({count})" for key, count in groups.items()) or "none"
-
-
-def _clip_len(option, pretrained):
-    """data.clip_len, "auto" resolved: a pre-trained trunk's, else config.CLIP_LEN."""
-    if option != AUTO:
-        return option
-    return pretrained[1]["model_args"]["num_frames"] if _is_trunk(pretrained) else CLIP_LEN
 
 
 def _is_trunk(pretrained):

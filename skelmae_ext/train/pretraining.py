@@ -4,7 +4,7 @@ STRL trunk the classifier fine-tunes (its clips' length is the trunk's num_frame
 
 from . import distributed, engine, inputs
 from .checkpoint import construct
-from .config import AUTO, CLIP_LEN
+from .config import resolve_clip_len
 
 OBJECTIVES = {"frame": "SkeletonMAE", "trunk": "TrunkMAE"}  # model.objective: the model class
 
@@ -14,8 +14,7 @@ def plan(config):
     written: ``--print-config`` stops here)."""
     config, device = engine.start("pretrain", config)
     data_config = config["data"]
-    if data_config["clip_len"] == AUTO:
-        data_config["clip_len"] = CLIP_LEN
+    data_config["clip_len"] = resolve_clip_len(data_config["clip_len"])
     source, split = data_config["source"], data_config["split"]
     data = inputs.read(source, [split])
     layout = inputs.resolve_layout(data_config["layout"], data, source)
