@@ -326,7 +326,7 @@ def plot(bars, path, transfer):
                         label="logistic-regression floor" if j == 0 else None)
     axes.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=8)
     axes.set_ylabel("validation top-1 (%)")
-    axes.set_title("SSL classifier: from scratch vs SkeletonMAE pre-training (mean ± sd over seeds)")
+    axes.set_title("SSL classifier: from scratch vs SkeletonMAE pre-training\n(mean ± sd over seeds)")
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
